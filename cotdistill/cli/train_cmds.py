@@ -1,0 +1,2 @@
+"""Commands of this group register on cotdistill.cli.app.app (owner fills in)."""
+from cotdistill.cli.app import app  # noqa: F401
