@@ -23,3 +23,28 @@ class Example:
     kind: AnswerKind
     choices: dict[str, str] | None = None  # letter -> option text, for kind == "choice"
     meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+SPLITS = {name: ("train", "test") for name in DATASETS} | {"math": ("train", "test", "test-all")}
+
+
+def load_benchmark(name: str, split: str = "test", data_dir=None, limit: int | None = None) -> list[Example]:
+    """The examples of one benchmark split, in file order (the first `limit` if given).
+
+    Splits as in the paper: svamp 700/300, gsm8k 7473/1319, aqua 6940/254, math 1297/306 (the four
+    training subjects of MATH-500; "test-all" = all 500), csqa 9740/1221, obqa 4957/500,
+    strategyqa 2000/290."""
+    from importlib import import_module
+
+    from cotdistill.benchmarks._files import resolve_data_dir
+    from cotdistill.errors import CotdistillError, unknown_name
+
+    if name not in DATASETS:
+        raise unknown_name("dataset", name, DATASETS)
+    if split not in SPLITS[name]:
+        raise unknown_name(f"split of {name}", split, SPLITS[name])
+    if limit is not None and limit < 0:
+        raise CotdistillError(f"limit must be >= 0, got {limit}")
+    module = import_module(f"cotdistill.benchmarks.{name}")
+    examples = module.load(split, resolve_data_dir(data_dir))
+    return examples if limit is None else examples[:limit]

@@ -1,2 +1,109 @@
-"""Commands of this group register on cotdistill.cli.app.app (owner fills in)."""
-from cotdistill.cli.app import app  # noqa: F401
+"""`cotdistill data list|audit|fetch` and `cotdistill grade`: parse, call the library, print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cotdistill.cli.app import DataDir, app
+from cotdistill.errors import CotdistillError
+
+data_app = typer.Typer(name="data", help="The data directory: list, audit and fetch benchmarks and released rationales.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _table(title: str, columns: list[str], rows: list[list]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*["-" if v is None else str(v) for v in r])
+    Console(width=200).print(t)
+
+
+@data_app.command("list")
+def list_cmd(
+    dataset: Annotated[Optional[str], typer.Option(help="Only this benchmark (svamp, gsm8k, aqua, math, csqa, obqa, strategyqa).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Benchmarks with their split sizes, and every released supervision source with its row count."""
+    from cotdistill.data import describe_data
+
+    info = describe_data(dataset, data_dir)
+    _table("benchmarks", ["dataset", *info["splits"]],
+           [[d, *[sizes.get(s) for s in info["splits"]]] for d, sizes in info["benchmarks"].items()])
+    _table("supervision sources", ["source", "rows", "file"],
+           [[s["source"], s["rows"] if s["available"] else "unavailable", s["file"]] for s in info["sources"]])
+    n_avail = sum(s["available"] for s in info["sources"])
+    typer.echo(f"{n_avail} of {len(info['sources'])} sources available in {info['data_dir']}")
+
+
+@data_app.command("audit")
+def audit_cmd(
+    dataset: Annotated[Optional[str], typer.Option(help="Only this benchmark's sources.")] = None,
+    tokenizer: Annotated[str, typer.Option(help="Tokenizer for lengths in tokens: smollm2-135m, gemma3-270m, a folder, a .gguf, or 'none'.")] = "smollm2-135m",
+    out: Annotated[Optional[Path], typer.Option(help="Also write the table as .csv or .json.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Per source: rows, joined rows, teacher accuracy under the grader, mean length, share stating its answer."""
+    from cotdistill.data import AUDIT_COLUMNS, audit, audit_to_csv, audit_to_json
+    from cotdistill.provenance import atomic_write_text, write_provenance
+
+    if out is not None and out.suffix not in (".csv", ".json"):
+        raise CotdistillError(f"--out {out}: expected a .csv or .json file name")
+    tok = None
+    if tokenizer.lower() != "none":
+        from cotdistill.students import load_tokenizer
+
+        tok = load_tokenizer(tokenizer)
+    records = audit(dataset, data_dir, tok)
+    cols = [c for c in AUDIT_COLUMNS if c not in ("available", "file")]
+    _table(f"supervision audit{f' ({dataset})' if dataset else ''}", cols,
+           [[r.get(c) if r["available"] or c == "source" else ("unavailable" if c == "rows" else None) for c in cols]
+            for r in records])
+    avail = [r for r in records if r["available"]]
+    typer.echo(f"{len(avail)} available sources, {len(records) - len(avail)} unavailable")
+    if out is not None:
+        atomic_write_text(out, audit_to_csv(records) if out.suffix == ".csv" else audit_to_json(records))
+        write_provenance(out.with_name(out.name + ".provenance.json"),
+                         {"dataset": dataset, "tokenizer": tokenizer, "data_dir": str(data_dir) if data_dir else None})
+        typer.echo(f"wrote {out}")
+
+
+@data_app.command("fetch")
+def fetch_cmd(
+    to: Annotated[Path, typer.Option(help="Directory to download into (becomes a --data-dir).")],
+    base_url: Annotated[Optional[str], typer.Option(help="Mirror of raw.githubusercontent.com (same paths).")] = None,
+    only: Annotated[Optional[str], typer.Option(help="Only manifest paths matching this glob, e.g. 'cot/SVAMP_*'.")] = None,
+) -> None:
+    """Download the released rationales and benchmark files, checking sha256; re-run to resume."""
+    from cotdistill.data import fetch
+
+    r = fetch(to, base_url=base_url, only=only)
+    for path, reason in r.failed:
+        typer.echo(f"failed: {path}: {reason}", err=True)
+    for path in r.unverified:
+        typer.echo(f"unverified (no known sha256): {path}", err=True)
+    typer.echo(f"{len(r.downloaded)} downloaded, {len(r.skipped)} already present, "
+               f"{len(r.unverified)} unverified, {len(r.failed)} failed -> {to}")
+    if r.failed:
+        raise typer.Exit(1)
+
+
+@app.command("grade")
+def grade_cmd(
+    file: Annotated[Path, typer.Argument(help="JSONL: response + gold + kind, or response + dataset + id, per line.")],
+    out: Annotated[Optional[Path], typer.Option(help="Graded JSONL (default: FILE with .graded.jsonl).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Grade any model's outputs: adds extracted, correct and reason to every line; prints the accuracy."""
+    from cotdistill.grade import grade_file
+
+    r = grade_file(file, out, data_dir)
+    typer.echo(f"accuracy {r.accuracy:.4f} ({r.correct}/{r.n}; {r.no_answer} without an answer) -> {r.out}")

@@ -1,2 +1,105 @@
-"""Commands of this group register on cotdistill.cli.app.app (owner fills in)."""
-from cotdistill.cli.app import app  # noqa: F401
+"""`cotdistill train` and `cotdistill eval`: parse flags (+ optional YAML), call the library, print a line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from cotdistill.cli.app import DataDir, app
+from cotdistill.errors import CotdistillError
+
+ConfigFile = Annotated[
+    Optional[Path], typer.Option("--config", help="YAML file with any of these options; flags given here win.")
+]
+Device = Annotated[Optional[str], typer.Option(help="auto (cuda if available), cpu, cuda, cuda:N.")]
+Dtype = Annotated[Optional[str], typer.Option(help="auto (bf16 where the hardware runs it natively), bf16, fp32.")]
+
+
+def build_config(model_cls: type, config_file: Path | None, flags: dict[str, Any]) -> Any:
+    """YAML values overlaid by the flags that were given; unknown keys and bad values -> one-line error."""
+    import yaml
+    from pydantic import ValidationError
+
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            loaded = yaml.safe_load(config_file.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise CotdistillError(f"cannot read --config {config_file}: {str(e).splitlines()[0]}") from e
+        if not isinstance(loaded, dict):
+            raise CotdistillError(f"--config {config_file} must hold a mapping of option: value")
+        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    values.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return model_cls(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "?"
+        source = f" in {config_file}" if config_file else ""
+        raise CotdistillError(f"option {where}{source}: {err['msg']}") from None
+
+
+@app.command("train")
+def train_cmd(
+    student: Annotated[Optional[str], typer.Option(help="HF id, local folder, .gguf, or smollm2-135m / gemma3-270m.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Supervision name (svamp/chatgpt/level1) or JSONL of {question, rationale}.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder.")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Epochs (paper: 3).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (paper: 5e-5).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Effective batch size (paper: 64).")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help="Gradient-accumulation steps.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Use only the first N examples.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed (paper: 100).")] = None,
+    lora: Annotated[Optional[bool], typer.Option("--lora/--full", help="LoRA adapters instead of full fine-tuning.")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Longest prompt+response in tokens.")] = None,
+    save_steps: Annotated[Optional[int], typer.Option(help="Checkpoint every N optimizer steps.")] = None,
+    resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue an unfinished run from its last checkpoint.")] = None,
+    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace a different run in --out.")] = None,
+    trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow hub model code.")] = None,
+    quiet: Annotated[Optional[bool], typer.Option("--quiet", help="No progress bar.")] = None,
+    device: Device = None,
+    dtype: Dtype = None,
+    config: ConfigFile = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Fine-tune a student on teacher rationales (full fine-tuning, paper's hyper-parameters by default)."""
+    flags = {k: v for k, v in locals().items() if k != "config"}
+    from cotdistill.train import TrainConfig, train
+
+    cfg = build_config(TrainConfig, config, flags)
+    r = train(cfg)
+    if r.already_done:
+        typer.echo(f"{cfg.out}: already trained with this config (final loss {r.final_loss}); nothing to do")
+        return
+    typer.echo(f"trained {r.n_examples} examples ({r.truncated} truncated, {r.dropped} dropped), {r.steps} steps, "
+               f"final loss {r.final_loss:.4f}, {r.tokens_per_s:.0f} tokens/s, {r.seconds:.0f} s -> {cfg.out}")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[Optional[str], typer.Option(help="Trained run folder, HF id/folder, .gguf, or alias.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="svamp, gsm8k, aqua, math, csqa, obqa, strategyqa.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Split (default test).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N questions.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Questions per generation batch.")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Longest generation.")] = None,
+    beams: Annotated[Optional[int], typer.Option(help="Beam search width (1 = greedy).")] = None,
+    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace a different evaluation in --out.")] = None,
+    trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow hub model code.")] = None,
+    quiet: Annotated[Optional[bool], typer.Option("--quiet", help="No progress bar.")] = None,
+    device: Device = None,
+    dtype: Dtype = None,
+    config: ConfigFile = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Evaluate a model on a benchmark: accuracy with a 95 % bootstrap interval."""
+    flags = {k: v for k, v in locals().items() if k != "config"}
+    from cotdistill.evaluate import EvalConfig, evaluate
+
+    cfg = build_config(EvalConfig, config, flags)
+    s = evaluate(cfg)
+    typer.echo(f"{cfg.dataset}/{cfg.split}: accuracy {s.accuracy:.3f} [{s.ci_low:.3f}, {s.ci_high:.3f}] on {s.n}, "
+               f"stopped {s.stopped_share:.0%}, mean {s.mean_output_tokens:.0f} tokens, {s.tokens_per_s:.1f} tokens/s -> {cfg.out}")

@@ -1,0 +1,287 @@
+"""Evaluate a student on a benchmark: batched greedy (or beam) generation, answer extraction, accuracy.
+
+Prompts come from `students.encode_prompt` (the same function training used). Batches are left
+padded and sorted by prompt length; a row stops at its end-of-turn/EOS token or as soon as it
+has stated its answer ("The answer is X" + sentence end), and the batch stops when all rows have.
+Predictions are appended batch by batch, so an interrupted evaluation resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cotdistill import students
+from cotdistill.errors import CotdistillError
+from cotdistill.provenance import atomic_write_text, write_provenance
+
+ProgressFn = Callable[[int, int, dict[str, Any]], None]
+
+# "The answer is X" closed by a sentence end followed by more text, or a newline. A bare final
+# "." is not enough: "The answer is 3." may still become "3.5".
+ANSWER_STATED = re.compile(r"the\s*answer\s*is\b[^\n]*?(?:[.!](?=\s)|\n)", re.I)
+
+_NOT_IDENTITY = {"out", "device", "data_dir", "batch_size", "overwrite", "quiet", "limit"}
+
+
+class EvalConfig(BaseModel):
+    """One evaluation of a model on one benchmark split."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="Trained run folder, HF id/folder, .gguf file, or alias (zero-shot baseline).")
+    dataset: str = Field(description="Benchmark name: svamp, gsm8k, aqua, math, csqa, obqa, strategyqa.")
+    split: str = Field("test", description="Benchmark split.")
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first N questions.")
+    out: Path = Field(description="Folder for predictions.jsonl, summary.json, provenance.json.")
+    max_new_tokens: int = Field(320, ge=1, description="Longest generation in tokens.")
+    batch_size: int = Field(16, ge=1, description="Questions generated together.")
+    beams: int = Field(1, ge=1, description="1 = greedy; >1 = beam search with this many beams.")
+    dtype: str = Field("auto", description="auto (bf16 where native), bf16, fp32.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
+    stop_at_answer: bool = Field(True, description="Stop a row once it has stated its answer.")
+    overwrite: bool = Field(False, description="Replace a different evaluation that already occupies `out`.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub (off unless asked).")
+    data_dir: Path | None = Field(None, description="Data directory.")
+    quiet: bool = Field(False, description="No progress bar.")
+
+    def identity(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude=_NOT_IDENTITY)
+
+
+class EvalSummary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    n: int
+    correct: int
+    mean_output_tokens: float
+    max_output_tokens: int
+    stopped_share: float = Field(description="Share of generations that ended by themselves (end token or answer stated).")
+    eos_share: float = Field(description="Share that emitted the end-of-turn/EOS token.")
+    tokens_per_s: float = Field(description="Generated tokens per second in this session.")
+    seconds: float
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def bootstrap_ci(correct: list[bool], n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of the accuracy."""
+    n = len(correct)
+    if n == 0:
+        return 0.0, 0.0
+    rng = random.Random(seed)
+    hits = [int(c) for c in correct]
+    means = sorted(sum(rng.choices(hits, k=n)) / n for _ in range(n_boot))
+    return means[int(0.025 * n_boot)], means[min(n_boot - 1, int(0.975 * n_boot))]
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def _answer_stop_criteria(tokenizer: Any, prompt_width: int):
+    import torch
+    from transformers import StoppingCriteria
+
+    class AnswerStated(StoppingCriteria):
+        """Per-row: True once the row's generated text has stated its answer."""
+
+        def __call__(self, input_ids, scores, **kw):
+            new = input_ids[:, prompt_width:]
+            done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            # Only the tail can newly complete the phrase; 48 tokens covers "The answer is <long number>."
+            texts = tokenizer.batch_decode(new[:, -48:], skip_special_tokens=True)
+            for i, t in enumerate(texts):
+                done[i] = ANSWER_STATED.search(t) is not None
+            return done
+
+    return AnswerStated()
+
+
+def _split_generation(tokenizer: Any, new_ids: list[int], stops: set[int]) -> tuple[str, int, str]:
+    """(text, generated token count, stop reason in {eos, answer, length})."""
+    cut = next((k for k, t in enumerate(new_ids) if t in stops), None)
+    body = new_ids if cut is None else new_ids[:cut]
+    text = tokenizer.decode(body, skip_special_tokens=True)
+    if cut is None:
+        return text, len(body), "answer" if ANSWER_STATED.search(text) else "length"
+    # pad may equal the end token: after an answer-stop the row is padded, not ended by the model
+    if ANSWER_STATED.search(text) and tokenizer.pad_token_id in stops:
+        return text, cut, "answer"
+    return text, cut + 1, "eos"
+
+
+def generate_batch(model: Any, tokenizer: Any, prompts: list[list[int]], cfg: EvalConfig) -> list[tuple[str, int, str]]:
+    """Generate for one batch of tokenised prompts (left padded). Returns per row (text, tokens, reason)."""
+    import torch
+    from transformers import StoppingCriteriaList
+
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+    stops = students.stop_token_ids(tokenizer)
+    criteria = StoppingCriteriaList()
+    if cfg.stop_at_answer and cfg.beams == 1:
+        criteria.append(_answer_stop_criteria(tokenizer, width))
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=cfg.max_new_tokens, do_sample=False,
+            num_beams=cfg.beams, eos_token_id=stops, pad_token_id=pad, stopping_criteria=criteria,
+            top_p=None, top_k=None, temperature=None,
+        )
+    stop_set = set(stops) | ({pad} if pad is not None else set())
+    return [_split_generation(tokenizer, row[width:].tolist(), stop_set) for row in out]
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+def _read_predictions(path: Path) -> list[dict]:
+    """Complete records of an earlier (maybe killed) run; a torn last line is dropped."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break
+    return rows
+
+
+def _prepare_out(cfg: EvalConfig) -> tuple[str, list[dict]]:
+    out = cfg.out
+    if out.exists() and not out.is_dir():
+        raise CotdistillError(f"--out {out} is a file, not a folder")
+    run = None
+    if (out / "eval_run.json").is_file():
+        try:
+            run = json.loads((out / "eval_run.json").read_text())
+        except ValueError:
+            run = None
+    occupied = out.is_dir() and any(out.iterdir())
+    if occupied and (run is None or run.get("identity") != cfg.identity()):
+        if not cfg.overwrite:
+            what = "a different evaluation" if run else "files that are not an evaluation"
+            raise CotdistillError(f"--out {out} already holds {what}; pass --overwrite to replace it or choose another folder")
+        for name in ("predictions.jsonl", "summary.json", "provenance.json", "eval_run.json"):
+            (out / name).unlink(missing_ok=True)
+        if any(out.iterdir()):
+            raise CotdistillError(f"--out {out} holds other files; choose an empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "eval_run.json", json.dumps({"identity": cfg.identity()}, indent=2) + "\n")
+    done = _read_predictions(out / "predictions.jsonl")
+    # rewrite without a torn tail so appends start on a clean line
+    atomic_write_text(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in done))
+    return "resume" if done else "fresh", done
+
+
+def _check_model_folder(spec: str) -> None:
+    p = Path(spec)
+    if (p / "run.json").is_file() and not (p / "config.json").is_file():
+        raise CotdistillError(f"--model {spec} is an unfinished training run (no final model yet); finish it with `cotdistill train ... --resume`")
+
+
+# ----------------------------------------------------------------------------- main entry
+
+
+def evaluate(cfg: EvalConfig, progress: ProgressFn | None = None) -> EvalSummary:
+    """Evaluate `cfg.model` on `cfg.dataset`/`cfg.split`; write predictions.jsonl + summary.json."""
+    from cotdistill.benchmarks import load_benchmark
+    from cotdistill.grade import grade
+
+    examples = load_benchmark(cfg.dataset, cfg.split, cfg.data_dir, cfg.limit)
+    if not examples:
+        raise CotdistillError(f"benchmark {cfg.dataset}/{cfg.split} has no questions")
+    _check_model_folder(cfg.model)
+    _, done = _prepare_out(cfg)
+    done_ids = {r["id"] for r in done}
+    todo = [e for e in examples if e.id not in done_ids]
+
+    t0 = time.monotonic()
+    gen_tokens, gen_seconds = 0, 0.0
+    if todo:
+        model, tok = students.load_student(cfg.model, dtype=cfg.dtype, device=cfg.device,
+                                           trust_remote_code=cfg.trust_remote_code)
+        model.eval()
+        encoded = [(e, students.encode_prompt(tok, e.question)) for e in todo]
+        encoded.sort(key=lambda x: len(x[1]), reverse=True)  # similar lengths share a batch; OOM shows early
+        bar = _bar(len(examples), len(done), cfg, progress)
+        with open(cfg.out / "predictions.jsonl", "a", encoding="utf-8") as f:
+            for start in range(0, len(encoded), cfg.batch_size):
+                chunk = encoded[start : start + cfg.batch_size]
+                g0 = time.monotonic()
+                outs = generate_batch(model, tok, [p for _, p in chunk], cfg)
+                gen_seconds += time.monotonic() - g0
+                for (ex, prompt_ids), (text, n_tok, reason) in zip(chunk, outs):
+                    g = grade(text, ex.gold, ex.kind, ex.choices)
+                    gen_tokens += n_tok
+                    rec = {"id": ex.id, "prompt": tok.decode(prompt_ids), "generation": text, "extracted": g.extracted,
+                           "gold": ex.gold, "correct": g.correct, "reason": g.reason, "generated_tokens": n_tok,
+                           "stopped": reason != "length", "stop_reason": reason}
+                    f.write(json.dumps(rec) + "\n")
+                    done.append(rec)
+                f.flush()
+                os.fsync(f.fileno())
+                bar(len(done), {"accuracy": sum(r["correct"] for r in done) / len(done),
+                                "tokens_per_s": gen_tokens / max(gen_seconds, 1e-9)})
+    summary = _summarise(done, examples, gen_tokens, gen_seconds, time.monotonic() - t0)
+    atomic_write_text(cfg.out / "summary.json", summary.model_dump_json(indent=2) + "\n")
+    write_provenance(cfg.out / "provenance.json", cfg, summary=summary.model_dump(mode="json"),
+                     model_provenance=_model_provenance(cfg.model))
+    return summary
+
+
+def _summarise(done: list[dict], examples: list, gen_tokens: int, gen_seconds: float, seconds: float) -> EvalSummary:
+    wanted = {e.id for e in examples}
+    rows = [r for r in done if r["id"] in wanted]
+    correct = [bool(r["correct"]) for r in rows]
+    lo, hi = bootstrap_ci(correct)
+    toks = [int(r["generated_tokens"]) for r in rows]
+    n = len(rows)
+    return EvalSummary(
+        accuracy=sum(correct) / n, ci_low=lo, ci_high=hi, n=n, correct=sum(correct),
+        mean_output_tokens=sum(toks) / n, max_output_tokens=max(toks),
+        stopped_share=sum(r["stopped"] for r in rows) / n,
+        eos_share=sum(r.get("stop_reason") == "eos" for r in rows) / n,
+        tokens_per_s=round(gen_tokens / gen_seconds, 2) if gen_seconds else 0.0, seconds=round(seconds, 2),
+    )
+
+
+def _model_provenance(spec: str) -> dict | None:
+    p = Path(spec) / "provenance.json"
+    try:
+        return json.loads(p.read_text()) if p.is_file() else None
+    except ValueError:
+        return None
+
+
+def _bar(total: int, initial: int, cfg: EvalConfig, progress: ProgressFn | None) -> Callable[[int, dict], None]:
+    if progress is not None:
+        return lambda n, info: progress(n, total, info)
+    if cfg.quiet:
+        return lambda n, info: None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=initial, desc=f"eval {cfg.dataset}", unit="q", dynamic_ncols=True, file=sys.stderr)
+
+    def update(n: int, info: dict) -> None:
+        bar.set_postfix(acc=f"{info['accuracy']:.3f}", tok_s=f"{info['tokens_per_s']:.0f}")
+        bar.update(n - bar.n)
+        if n >= total:
+            bar.close()
+
+    return update

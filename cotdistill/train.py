@@ -1,0 +1,480 @@
+"""Fine-tune a student on (question -> rationale) with the HF Trainer used as a library.
+
+What makes it fast and small (see bench/): length-grouped batches with dynamic padding, logits
+and loss only at response positions (a pre-hook on lm_head gathers those hidden states first,
+so the vocabulary projection never runs on prompt or padding tokens), bf16 autocast where the
+hardware runs it natively. Checkpoints are complete only once trainer_state.json is written,
+so `--resume` after Ctrl-C or kill -9 restarts from the last complete one; the run folder gets
+its model files and, written last, provenance.json (the "done" marker).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cotdistill import students
+from cotdistill.errors import CotdistillError
+from cotdistill.provenance import atomic_write_text, write_provenance
+
+ProgressFn = Callable[[int, int, dict[str, Any]], None]
+
+# Fields that do not change what a run computes (so they are left out of its identity).
+_NOT_IDENTITY = {"out", "resume", "overwrite", "device", "data_dir", "save_steps", "quiet"}
+
+
+class TrainConfig(BaseModel):
+    """One fine-tuning run. Defaults are the paper's hyper-parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    student: str = Field(description="HF id, local folder, .gguf file, or alias smollm2-135m / gemma3-270m.")
+    data: str = Field(description="Released supervision name (e.g. svamp/chatgpt/level1) or a JSONL of {question, rationale}.")
+    out: Path = Field(description="Run folder: checkpoints, final model, loss curve, provenance.")
+    epochs: float = Field(3.0, gt=0, description="Training epochs (paper: 3).")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate, cosine schedule (paper: 5e-5).")
+    batch_size: int = Field(64, ge=1, description="Effective batch size = per-device batch x grad-accum x devices (paper: 64).")
+    grad_accum: int | None = Field(None, ge=1, description="Gradient-accumulation steps; default: per-device batches of at most 8.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N examples.")
+    seed: int = Field(100, description="Seed for init, data order and dropout (paper: 100).")
+    lora: bool = Field(False, description="Train LoRA adapters (peft) instead of all weights; the saved model is merged.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
+    max_length: int | None = Field(None, ge=8, description="Longest prompt+response in tokens; default: the student's context window (at most 2048). Longer responses are truncated and counted.")
+    dtype: str = Field("auto", description="Compute precision: auto (bf16 where native), bf16, fp32.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps with linear warm-up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    save_steps: int | None = Field(None, ge=1, description="Checkpoint every N optimizer steps; default: about 10 per run.")
+    resume: bool = Field(False, description="Continue an unfinished run of the same config from its last checkpoint.")
+    overwrite: bool = Field(False, description="Replace a different run that already occupies `out`.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub (off unless asked).")
+    data_dir: Path | None = Field(None, description="Data directory for released supervision names.")
+    quiet: bool = Field(False, description="No progress bar.")
+
+    def identity(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude=_NOT_IDENTITY)
+
+
+class TrainResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    out: Path
+    n_examples: int
+    truncated: int
+    dropped: int
+    steps: int
+    final_loss: float | None
+    train_loss: float | None
+    tokens: int
+    seconds: float
+    tokens_per_s: float
+    already_done: bool = False
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_pairs(source: str, data_dir: Path | None, limit: int | None) -> tuple[list[tuple[str, str]], str]:
+    """(question, rationale) pairs of a released name or JSONL file, and a description of it."""
+    from cotdistill.data import load_supervision
+
+    sup = load_supervision(source, data_dir)
+    rows = sup.rows[:limit] if limit else sup.rows
+    if not rows:
+        raise CotdistillError(f"training data {source!r} holds no examples")
+    pairs = []
+    for i, r in enumerate(rows):
+        if not str(r.question).strip() or not str(r.rationale).strip():
+            raise CotdistillError(f"training data {source!r}: example {i} ({r.id}) has an empty question or rationale")
+        pairs.append((str(r.question), str(r.rationale)))
+    return pairs, getattr(sup, "name", str(source))
+
+
+def tokenize_pairs(tokenizer: Any, pairs: list[tuple[str, str]], max_length: int) -> tuple[list[dict], int, int]:
+    """Examples {input_ids, labels} with labels -100 on the prompt; (examples, truncated, dropped)."""
+    examples, truncated, dropped = [], 0, 0
+    for question, rationale in pairs:
+        prompt = students.encode_prompt(tokenizer, question)
+        response = students.encode_response(tokenizer, rationale)
+        if len(prompt) >= max_length - 1:  # no room for any response token
+            dropped += 1
+            continue
+        if len(prompt) + len(response) > max_length:
+            response = response[: max_length - len(prompt)]
+            truncated += 1
+        examples.append({"input_ids": prompt + response, "labels": [-100] * len(prompt) + response})
+    return examples, truncated, dropped
+
+
+class PadCollator:
+    """Right-pad a batch to its own longest sequence (dynamic padding)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[dict]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[i, :n] = torch.tensor(b["input_ids"])
+            labels[i, :n] = torch.tensor(b["labels"])
+            mask[i, :n] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+class ResponseOnlyHead:
+    """Make lm_head run only on the hidden states that predict a response token.
+
+    A forward pre-hook on the output projection replaces its [B, T, H] input with the [N, H] rows
+    selected by `mask` (set just before each forward), so the model returns [N, V] logits; the
+    model's own forward (incl. DDP/FSDP wrappers and any logit soft-capping) is otherwise intact.
+    """
+
+    def __init__(self, model: Any):
+        self.mask = None
+        head = model.get_output_embeddings()
+        if head is None:
+            raise CotdistillError(f"student {type(model).__name__} has no output embedding layer")
+        self._handle = head.register_forward_pre_hook(self._gather)
+
+    def _gather(self, module: Any, args: tuple) -> tuple | None:
+        if self.mask is None:
+            return None
+        return (args[0][self.mask],) + tuple(args[1:])
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def response_loss(model: Any, head: ResponseOnlyHead, inputs: dict, num_items: Any | None) -> Any:
+    """Summed next-token cross-entropy over response tokens / number of response tokens."""
+    import torch
+    import torch.nn.functional as F
+
+    labels = inputs["labels"]
+    target = labels[:, 1:]
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = target != -100  # position t predicts token t+1
+    head.mask = mask
+    try:
+        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+    finally:
+        head.mask = None
+    logits = out.logits
+    loss = F.cross_entropy(logits.float(), target[target != -100], reduction="sum")
+    denom = num_items if num_items is not None else max(int(mask.sum()), 1)
+    return loss / denom
+
+
+def _make_trainer_class():
+    from transformers import Trainer
+
+    class ResponseOnlyTrainer(Trainer):
+        """Trainer whose loss computes logits only at response positions."""
+
+        loss_is_scaled_for_ga = True  # response_loss divides by the whole accumulated batch's count
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = response_loss(model, self._head, inputs, num_items_in_batch)
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes  # DDP averages grads; the count was global
+            return (loss, None) if return_outputs else loss
+
+    return ResponseOnlyTrainer
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
+    """Newest checkpoint whose trainer_state.json (written last by Trainer) parses."""
+    best, best_step = None, -1
+    for p in ckpt_dir.glob("checkpoint-*") if ckpt_dir.is_dir() else []:
+        try:
+            step = int(p.name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if step > best_step and _read_json(p / "trainer_state.json") is not None:
+            best, best_step = p, step
+    return best
+
+
+def _remove_incomplete_checkpoints(ckpt_dir: Path, keep: Path | None) -> None:
+    for p in ckpt_dir.glob("checkpoint-*") if ckpt_dir.is_dir() else []:
+        if p != keep and _read_json(p / "trainer_state.json") is None:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def prepare_out(cfg: TrainConfig) -> tuple[str, Path | None]:
+    """Decide what to do with the run folder: ("done", None), ("fresh", None) or ("resume", ckpt)."""
+    out = cfg.out
+    run = _read_json(out / "run.json")
+    if out.exists() and not out.is_dir():
+        raise CotdistillError(f"--out {out} is a file, not a folder")
+    occupied = out.is_dir() and any(out.iterdir())
+    same = run is not None and run.get("identity") == cfg.identity()
+    if occupied and not same:
+        if not cfg.overwrite:
+            what = "a different training run" if run else "files that are not a training run"
+            raise CotdistillError(f"--out {out} already holds {what}; pass --overwrite to replace it or choose another folder")
+        shutil.rmtree(out)
+        occupied = False
+    elif occupied and cfg.overwrite and not cfg.resume:
+        shutil.rmtree(out)
+        occupied = False
+    if occupied:
+        prov = _read_json(out / "provenance.json")
+        if prov is not None and prov.get("status") == "done":
+            return "done", None
+        ckpt = last_complete_checkpoint(out / "checkpoints")
+        if not cfg.resume:
+            raise CotdistillError(
+                f"--out {out} holds an unfinished run of this config; pass --resume to continue it "
+                "or --overwrite to start over"
+            )
+        _remove_incomplete_checkpoints(out / "checkpoints", ckpt)
+        return "resume", ckpt
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "run.json", json.dumps({"identity": cfg.identity()}, indent=2) + "\n")
+    return "fresh", None
+
+
+def _check_disk(out: Path, n_params: int) -> None:
+    """Refuse up front when a checkpoint (weights + 2 Adam moments) plus the final model cannot fit."""
+    need = n_params * 4 * 4 + (256 << 20)
+    free = shutil.disk_usage(out).free
+    if free < need:
+        raise CotdistillError(
+            f"not enough disk space in {out}: {free / 2**30:.1f} GiB free, about {need / 2**30:.1f} GiB needed for checkpoints"
+        )
+
+
+# ----------------------------------------------------------------------------- progress, curve
+
+
+def _progress_callback(progress: ProgressFn | None, quiet: bool):
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        """tqdm bar (or a caller's callback) with loss, tokens/s and ETA; logs kept in state."""
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0, self.tok0, self.step0 = time.monotonic(), state.num_input_tokens_seen, state.global_step
+            self.bar = None
+            if progress is None and not quiet and state.is_world_process_zero:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step",
+                                dynamic_ncols=True, file=sys.stderr)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not state.is_world_process_zero or not logs or "loss" not in logs:
+                return
+            dt = max(time.monotonic() - self.t0, 1e-9)
+            tps = (state.num_input_tokens_seen - self.tok0) / dt
+            info = {"loss": logs["loss"], "tokens_per_s": tps, "epoch": state.epoch}
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{logs['loss']:.4f}", tok_s=f"{tps:.0f}")
+                self.bar.update(state.global_step - self.bar.n)
+            elif progress is not None:
+                progress(state.global_step, state.max_steps, info)
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+                self.bar.close()
+
+    return Progress()
+
+
+def loss_curve(log_history: list[dict]) -> list[dict]:
+    keys = ("step", "epoch", "loss", "learning_rate", "grad_norm", "num_input_tokens_seen")
+    return [{k: h[k] for k in keys if k in h} for h in log_history if "loss" in h]
+
+
+def write_loss_curve(out: Path, curve: list[dict]) -> None:
+    """loss_curve.jsonl and loss_curve.png (matplotlib Agg: no display needed)."""
+    atomic_write_text(out / "loss_curve.jsonl", "".join(json.dumps(r) + "\n" for r in curve))
+    if not curve:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in curve], [r["loss"] for r in curve], marker=".")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (response tokens)")
+    ax.set_title(out.name)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = out / ".loss_curve.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out / "loss_curve.png")
+
+
+# ----------------------------------------------------------------------------- main entry
+
+
+def _training_args(cfg: TrainConfig, device: str, dtype: str, n_examples: int, ckpt_dir: Path):
+    from transformers import TrainingArguments
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    accum = cfg.grad_accum or max(1, math.ceil(cfg.batch_size / (8 * world)))
+    per_device = max(1, cfg.batch_size // (accum * world))
+    steps_per_epoch = max(1, math.ceil(n_examples / (per_device * accum * world)))
+    total = max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    save_steps = cfg.save_steps or max(1, math.ceil(total / 10))
+    return TrainingArguments(
+        output_dir=str(ckpt_dir),
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accum,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=dtype == "bfloat16",
+        fp16=dtype == "float16",
+        use_cpu=device == "cpu",
+        train_sampling_strategy="group_by_length",
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=1,
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+    ), per_device, accum
+
+
+def _load_for_training(cfg: TrainConfig, device: str):
+    import torch
+
+    # Weights stay fp32 (master copy); bf16 is applied as autocast by the Trainer.
+    model, tok = students.load_student(cfg.student, dtype="float32", device="cpu",
+                                       trust_remote_code=cfg.trust_remote_code)  # the Trainer moves it
+    model.config.use_cache = False
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(cfg.seed)
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.05,
+                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
+    return model, tok
+
+
+def _save_final(model: Any, tok: Any, out: Path, lora: bool) -> None:
+    """Save a plain transformers model into `out` (merged when LoRA), via a temp folder."""
+    tmp = out / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if lora:
+        model = model.merge_and_unload()
+    model.config.use_cache = True
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    for p in tmp.iterdir():
+        os.replace(p, out / p.name)
+    tmp.rmdir()
+
+
+def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
+    """Fine-tune `cfg.student` on `cfg.data` into `cfg.out` (idempotent; resumable with cfg.resume)."""
+    device = students.resolve_device(cfg.device)
+    dtype = students.resolve_dtype(cfg.dtype, device)
+    pairs, source_name = load_pairs(cfg.data, cfg.data_dir, cfg.limit)  # bad data fails before touching out
+    state, ckpt = prepare_out(cfg)
+    if state == "done":
+        return _result_from_provenance(cfg.out)
+
+    t0 = time.monotonic()
+    model, tok = _load_for_training(cfg, device)
+    max_length = cfg.max_length or min(students.context_window(model), 2048)
+    examples, truncated, dropped = tokenize_pairs(tok, pairs, max_length)
+    if not examples:
+        raise CotdistillError(f"training data {cfg.data!r}: every prompt is longer than --max-length {max_length}")
+    if truncated or dropped:
+        print(f"warning: {truncated} rationale(s) truncated to --max-length {max_length} tokens"
+              f" (they lose their end token), {dropped} example(s) dropped (prompt alone too long)", file=sys.stderr)
+    n_params = sum(p.numel() for p in model.parameters())
+    _check_disk(cfg.out, n_params)
+
+    ckpt_dir = cfg.out / "checkpoints"
+    args, per_device, accum = _training_args(cfg, device, dtype, len(examples), ckpt_dir)
+    trainer = _make_trainer_class()(
+        model=model, args=args, train_dataset=examples, data_collator=PadCollator(tok.pad_token_id),
+        processing_class=tok,
+    )
+    trainer._head = ResponseOnlyHead(trainer.model)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(_progress_callback(progress, cfg.quiet))
+    try:
+        output = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    except KeyboardInterrupt:
+        last = last_complete_checkpoint(ckpt_dir)
+        print(f"\ninterrupted; last complete checkpoint: {last.name if last else 'none'}; "
+              "re-run with --resume to continue", file=sys.stderr)
+        raise
+    except OSError as e:
+        if e.errno == 28:
+            raise CotdistillError(f"no space left on device while writing {cfg.out}; free space and re-run with --resume") from e
+        raise
+    trainer._head.remove()
+    seconds = time.monotonic() - t0
+
+    curve = loss_curve(trainer.state.log_history)
+    write_loss_curve(cfg.out, curve)
+    tokens = int(trainer.state.num_input_tokens_seen)
+    _save_final(trainer.model, tok, cfg.out, cfg.lora)
+    result = TrainResult(
+        out=cfg.out, n_examples=len(examples), truncated=truncated, dropped=dropped,
+        steps=trainer.state.global_step, final_loss=curve[-1]["loss"] if curve else None,
+        train_loss=output.training_loss, tokens=tokens, seconds=round(seconds, 2),
+        tokens_per_s=round(tokens / max(seconds, 1e-9), 1),
+    )
+    write_provenance(
+        cfg.out / "provenance.json", cfg, status="done", data_source=source_name, device=device, dtype=dtype,
+        per_device_batch=per_device, grad_accum=accum, max_length=max_length, n_params=n_params,
+        result=result.model_dump(mode="json"),
+    )
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the run is complete; checkpoints are GBs
+    return result
+
+
+def _result_from_provenance(out: Path) -> TrainResult:
+    prov = _read_json(out / "provenance.json") or {}
+    result = dict(prov.get("result", {}), out=out, already_done=True)
+    return TrainResult(**result)
