@@ -24,6 +24,7 @@ from cotdistill.benchmarks import DATASETS, Example, load_benchmark
 from cotdistill.benchmarks._files import (
     find_file,
     normalise_question,
+    parse_choices,
     parse_records,
     read_records,
     render_question,
@@ -217,8 +218,9 @@ def load_supervision(source: str | Path, data_dir=None) -> Supervision:
             continue
         if ex is None:
             unjoined += 1
-            q = r[qfield]
-            rows.append(SupervisionRow(f"{name}#{i}", render_question(*_split(q)), rationale, None, _kind(dataset), None, q, {"row": i}))
+            stem_text, choices = parse_choices(r[qfield])
+            rows.append(SupervisionRow(f"{name}#{i}", render_question(stem_text, choices), rationale, None,
+                                       _kind(dataset), choices, r[qfield], {"row": i}))
         else:
             rows.append(SupervisionRow(ex.id, ex.question, rationale, ex.gold, ex.kind, ex.choices, r[qfield], {"row": i}))
     meta = {"file": str(path), "rows_in_file": len(records), "test_overlap": overlap, "empty_rationales": empty,
@@ -234,12 +236,6 @@ def _join_index(dataset: str, data_dir: Path) -> tuple[dict[str, Example], froze
         train.setdefault(normalise_question(ex.question), ex)
     test = load_benchmark(dataset, "test-all" if dataset == "math" else "test", data_dir)
     return train, frozenset(normalise_question(ex.question) for ex in test)
-
-
-def _split(question: str):
-    from cotdistill.benchmarks._files import parse_choices
-
-    return parse_choices(question)
 
 
 def _kind(dataset: str) -> str:
@@ -312,14 +308,16 @@ def describe_data(dataset: str | None = None, data_dir=None) -> dict:
 # ---------------------------------------------------------------- audit
 
 
-def audit(dataset: str | None = None, data_dir=None, tokenizer=None, progress=None) -> list[dict]:
-    """One record per released source: availability, rows, joins, teacher accuracy under the
-    grader, mean rationale length (words; tokens if a tokenizer is given), share stating its answer."""
+def audit(dataset: str | None = None, data_dir=None, tokenizer=None, progress=None,
+          sources: list[str] | None = None) -> list[dict]:
+    """One record per released source (of `dataset`, or just `sources`): availability, rows, joins,
+    teacher accuracy under the grader, mean rationale length (words; tokens if a tokenizer is
+    given), share stating its answer."""
     from cotdistill.grade import grade, states_answer
 
     data_dir = resolve_data_dir(data_dir)
     out = []
-    for name in list_sources(dataset):
+    for name in [_check_name(s) for s in sources] if sources else list_sources(dataset):
         rec: dict = {"source": name, "available": False, "file": f"cot/{SOURCES[name][0]}.json"}
         if source_file(name, data_dir) is None:
             out.append(rec)
@@ -426,7 +424,7 @@ def _download(url: str, dest: Path, sha256: str | None, timeout: float) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def fetch(to: Path, base_url: str | None = None, only: str | None = None, timeout: float = 60.0,
+def fetch(to: Path, base_url: str | None = None, only: list[str] | None = None, timeout: float = 60.0,
           progress=None) -> FetchResult:
     """Download the upstream files into `to`, laid out as the loaders expect; resume-safe.
 
@@ -439,9 +437,9 @@ def fetch(to: Path, base_url: str | None = None, only: str | None = None, timeou
     base = (base_url or manifest["base_url"]).rstrip("/")
     to = Path(to)
     result = FetchResult()
-    entries = [e for e in manifest["files"] if only is None or fnmatch.fnmatch(e["path"], only)]
+    entries = [e for e in manifest["files"] if not only or any(fnmatch.fnmatchcase(e["path"], g) for g in only)]
     if not entries:
-        raise CotdistillError(f"--only {only!r} matches no file of the manifest (paths look like cot/SVAMP_only_ans.json)")
+        raise CotdistillError(f"--only {' '.join(only)} matches no file of the manifest (paths look like cot/SVAMP_only_ans.json)")
     for e in entries:
         dest = to / e["path"]
         if dest.is_file() and (e["sha256"] is None or _sha256_file(dest) == e["sha256"]):

@@ -1,13 +1,17 @@
 """Extract the final answer from free text and decide whether it is correct.
 
 Order of extraction (the same for every answer kind):
-  1. the text after the LAST "The answer is" (spaces optional, any case: "TheanswerisD" counts);
+  1. the text after the LAST "The answer is" or variant ("the correct answer is", "answer should
+     be", "Answer:", "answer could be considered", GSM8K's "#### 12"; spaces optional, any case:
+     "TheanswerisD" counts); if that text holds no answer, the one before it, and so on;
   2. the LAST \\boxed{...};
-  3. the text after the LAST other answer phrase ("the correct answer is", "answer should be",
-     "Answer:", "answer could be considered", ...);
-  4. the last candidate anywhere in the text: last number (number, math), last parenthesised or
-     standalone choice letter (choice), last true/false/yes/no word (boolean).
-Within the text after an anchor we take its first candidate (first number, first letter, ...).
+  3. after the LAST "answer/option/choice" directly followed by a letter ("so Answer D");
+  4. the last candidate anywhere in the text: last number (number), last inline formula or number
+     (math), last parenthesised or standalone choice letter (choice), last true/false/yes/no (boolean).
+Within the text after an anchor we take its first candidate (first number, first letter, ...);
+for numbers only its first sentence, and right of the last "=" there ("The answer is 5 - 3 = 2").
+A response is read only up to a chat turn marker (<|im_end|>, "### Instruction", ...) after which
+a model that did not stop writes the next turn.
 
 Model text is data: it is matched with regular expressions and handed to math-verify as a
 string, never executed or eval()'d. math-verify runs in a child process with our own deadline,
@@ -28,7 +32,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from fractions import Fraction
 
 from cotdistill.errors import CotdistillError
 
@@ -36,12 +39,13 @@ KINDS = ("number", "choice", "boolean", "math")
 MATH_TIMEOUT_S = 10.0  # per math-verify comparison; a pathological expression counts as wrong
 
 _THE_ANSWER_IS = re.compile(r"the\s*(?:correct\s+|final\s+|right\s+|best\s+)?answer\s*is", re.I)
-# Weaker answer phrases, tried only when there is no "The answer is" and no \boxed{}.
-_ANSWER_PHRASE = re.compile(
-    r"\banswers?\s*(?:is|was|should\s*be|would\s*be|could\s*be(?:\s*considered)?|will\s*be|remains|:)"
-    r"|\b(?:answer|option|choice)\b(?=\s*\(?[A-E]\b)",
-    re.I,
-)
+# "The answer is" and its variants ("the correct answer is", "answer should be", "Answer:", "TheanswerisD").
+_ANSWER_IS = re.compile(
+    r"answers?\s*(?:is|was|should\s*be|would\s*be|could\s*be(?:\s*considered)?|will\s*be|remains|:)|####", re.I
+)  # "#### 12" is GSM8K's own answer line
+# A bare letter after answer/option/choice ("... so Answer D", "Choice E is correct"), tried after \boxed{}.
+_LETTER_PHRASE = re.compile(r"\b(?:answer|option|choice)\b(?=\s*\(?[A-E]\b)", re.I)
+_LEADING_LETTER = re.compile(r"[\s:*(\[]*(?:option\s*|choice\s*)?\(?([A-Z])(?![A-Za-z])", re.I)
 _BOXED = re.compile(r"\\boxed\s*\{")
 _NUMBER = re.compile(r"(?<![\w.])-?(?:\d+(?:\.\d+)?(?:/\d+(?:\.\d+)?)?|\.\d+)")
 _FRAC = re.compile(r"\\[dt]?frac\{(-?[\d.]+)\}\{(-?[\d.]+)\}")
@@ -88,26 +92,19 @@ def _first_line(segment: str, limit: int = 200) -> str:
     return segment.lstrip(" \t:*").split("\n", 1)[0][:limit]
 
 
-def _after_last(pattern: re.Pattern, text: str) -> str | None:
-    last = None
-    for last in pattern.finditer(text):
-        pass
-    return None if last is None else _first_line(text[last.end() :])
-
-
-def _segments(text: str) -> list[tuple[str, str]]:
-    """(where, text) pairs in priority order: the places an answer can be read from."""
-    out = []
-    seg = _after_last(_THE_ANSWER_IS, text)
-    if seg is not None:
-        out.append(("the answer is", seg))
-    boxed = boxed_contents(text)
+def _segments(text: str):
+    """The places an answer can be read from, in priority order (lazily): the text after each
+    "The answer is" (or a variant), last first; the last \\boxed{}; after the last letter phrase."""
+    for m in reversed(list(_ANSWER_IS.finditer(text))):
+        yield _first_line(text[m.end() :])
+    boxed = boxed_contents(text) if "boxed" in text else []
     if boxed:
-        out.append(("boxed", boxed[-1]))
-    seg = _after_last(_ANSWER_PHRASE, text)
-    if seg is not None:
-        out.append(("answer phrase", seg))
-    return out
+        yield boxed[-1]
+    last = None
+    for last in _LETTER_PHRASE.finditer(text):
+        pass
+    if last is not None:
+        yield _first_line(text[last.end() :])
 
 
 # ---------------------------------------------------------------- per-kind candidates
@@ -115,18 +112,19 @@ def _segments(text: str) -> list[tuple[str, str]]:
 
 def _normalise_number_text(s: str) -> str:
     s = s.replace("\u2212", "-").replace("\\!", "").replace("\\,", "").replace("{,}", ",")
+    s = re.sub(r"(?<=\d),?[\u202f\u2009\u00a0](?=\d{3})", ",", s)  # thin/no-break spaces as thousands separators
     s = s.replace("\\$", "").replace("$", "").replace("\\%", "%")
     s = _FRAC.sub(r"\1/\2", s)
     return _THOUSANDS.sub("", s)
 
 
-def _to_fraction(s: str) -> Fraction | None:
+def _to_number(s: str) -> float | None:
     s = _normalise_number_text(s).strip().rstrip(".%").strip()
     try:
         if "/" in s:
             num, den = s.split("/", 1)
-            return Fraction(num) / Fraction(den)
-        return Fraction(s)
+            return float(num) / float(den)
+        return float(s)
     except (ValueError, ZeroDivisionError):
         return None
 
@@ -173,14 +171,20 @@ def _from_segment(segment: str, kind: str, choices: dict[str, str] | None) -> st
         word = _NUMBER_WORD.search(clause)  # "The answer is five."
         return str(_WORDS.index(word.group(1).lower())) if word else None
     if kind == "choice":
-        letters = _letters(segment, "".join(choices) if choices else "ABCDE")
+        valid = "".join(choices) if choices else "ABCDE"
+        lead = _LEADING_LETTER.match(segment)  # "The answer is A bank": right after the anchor, A is the option
+        if lead and lead.group(1) in valid:
+            return lead.group(1)
+        letters = _letters(segment, valid)
         return letters[0] if letters else _choice_by_text(segment, choices)
     if kind == "boolean":
         m = _BOOL_WORD.search(segment)
         return _bool_word(m.group(1)) if m else None
     # math: the whole segment, minus sentence punctuation and $ delimiters around it
     boxed = boxed_contents(segment)
-    ans = boxed[-1] if boxed else segment
+    ans = boxed[-1] if boxed else re.split(r"\.\s+(?=[A-Z])", segment, maxsplit=1)[0]  # its first sentence
+    if re.fullmatch(r"\s*(?:<\s*\w*\s*>|\[\s*answer\s*\]|answer)\W*", ans, re.I):
+        return None  # a template placeholder ("The answer is <answer>"), not an answer
     return _clean_math(ans)
 
 
@@ -224,6 +228,9 @@ def _last_anywhere(text: str, kind: str, choices: dict[str, str] | None) -> str 
             return paren[-1]
         letters = _letters(text, valid)
         return letters[-1] if letters else None
+    lead = re.match(r"\W*(true|false|yes|no)\b", text, re.I)  # "No, because ..." states its answer first
+    if lead:
+        return _bool_word(lead.group(1))
     words = _BOOL_WORD.findall(text)
     return _bool_word(words[-1]) if words else None
 
@@ -239,7 +246,7 @@ def extract_answer(text: str, kind: str, choices: dict[str, str] | None = None) 
         text = text.split(marker, 1)[0]
     if kind == "math":
         text = _repair_latex(text)
-    for _where, segment in _segments(text):
+    for segment in _segments(text):
         ans = _from_segment(segment, kind, choices)
         if ans is not None:
             return ans, None
@@ -265,8 +272,8 @@ def normalise_gold(gold: str, kind: str) -> str:
     return gold
 
 
-def _numbers_equal(a: Fraction, b: Fraction) -> bool:
-    return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-6)
+def _numbers_equal(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6)
 
 
 def grade(response: str, gold: str, kind: str, choices: dict[str, str] | None = None) -> Grade:
@@ -276,7 +283,7 @@ def grade(response: str, gold: str, kind: str, choices: dict[str, str] | None = 
         return Grade(None, False, reason)
     gold = normalise_gold(gold, kind)
     if kind == "number":
-        g, a = _to_fraction(gold), _to_fraction(answer)
+        g, a = _to_number(gold), _to_number(answer)
         if g is None:
             return Grade(answer, False, f"gold {gold!r} is not a number")
         return Grade(answer, a is not None and _numbers_equal(g, a), None)
@@ -290,15 +297,15 @@ def grade(response: str, gold: str, kind: str, choices: dict[str, str] | None = 
 
 
 def _plain(s: str) -> str:
-    """'\\text{A, B}' and 'A,B' -> 'a,b': a literal comparison before any parsing."""
+    """'\\text{A, B}' and 'A,B' -> 'a,b', '\\text{(E)},' -> 'e': a literal comparison before any parsing."""
     s = re.sub(r"\\(?:text|mbox|mathrm|textbf)\s*", "", s)
-    return re.sub(r"[\s{}$]", "", s).lower()
+    return re.sub(r"[\s{}$()]", "", s).lower().rstrip(",.")
 
 
 def _grade_math(answer: str, gold: str) -> Grade:
     if _plain(answer) == _plain(gold):
         return Grade(answer, True, None)
-    g, a = _to_fraction(gold), _to_fraction(answer)
+    g, a = _to_number(gold), _to_number(answer)
     if g is not None and a is not None:  # plain numbers: no need for the sympy round trip
         return Grade(answer, _numbers_equal(g, a), None)
     verdict = math_equal(gold, answer)

@@ -7,6 +7,7 @@ ThreadingHTTPServer; generation is serialised with a lock (one model, one CPU/GP
 """
 
 import json
+import re
 import sys
 import threading
 import time
@@ -31,7 +32,13 @@ class Completion:
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: str = Field(description="system, user or assistant")
-    content: str = Field(description="the message text")
+    content: str | list[dict[str, Any]] = Field(description="the message text, or a list of content parts")
+
+    def text(self) -> str:
+        """The text of the message; content parts of type "text" are joined."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
 
 
 class ChatRequest(BaseModel):
@@ -56,17 +63,20 @@ def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
 
 
 class _StopOnText:
-    """Stop a row once its NEW text contains a stop string (transformers' stop_strings also match
-    across the prompt boundary, which the OpenAI protocol does not)."""
+    """Stop a row once its NEW text contains a stop string or matches `pattern` (transformers'
+    stop_strings also match across the prompt boundary, which the OpenAI protocol does not)."""
 
-    def __init__(self, tokenizer: Any, stops: list[str], start: int):
-        self.tokenizer, self.stops, self.start = tokenizer, stops, start
+    def __init__(self, tokenizer: Any, start: int, stops: list[str], pattern: re.Pattern | None = None):
+        self.tokenizer, self.start, self.stops, self.pattern = tokenizer, start, stops, pattern
+
+    def _done(self, text: str) -> bool:
+        return any(s in text for s in self.stops) or bool(self.pattern and self.pattern.search(text))
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
         texts = self.tokenizer.batch_decode(input_ids[:, self.start :], skip_special_tokens=True)
-        return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
+        return torch.tensor([self._done(t) for t in texts], device=input_ids.device)
 
 
 class Generator:
@@ -117,9 +127,14 @@ class Generator:
         n: int = 1,
         seed: int | None = None,
         stop: list[str] | None = None,
+        stop_when: re.Pattern | None = None,
     ) -> list[list[Completion]]:
-        """n completions for each prompt (a left-padded batch); greedy when temperature == 0."""
+        """n completions for each prompt (a left-padded batch); greedy when temperature == 0.
+        `stop_when` ends a row early once its new text matches (the text is kept whole)."""
         import torch
+
+        if temperature == 0 and n > 1:  # greedy gives one answer; repeat it, as an API would return n equal choices
+            return [c * n for c in self.generate(prompts, max_tokens=max_tokens, stop=stop, stop_when=stop_when)]
 
         tok = self.tokenizer
         max_new = max_tokens or self.default_max_tokens
@@ -133,8 +148,8 @@ class Generator:
                 kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
             else:
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-            if stops:
-                kwargs["stopping_criteria"] = [_StopOnText(tok, stops, batch["input_ids"].shape[1])]
+            if stops or stop_when:
+                kwargs["stopping_criteria"] = [_StopOnText(tok, batch["input_ids"].shape[1], stops, stop_when)]
             if seed is not None:
                 torch.manual_seed(seed)
             with torch.no_grad():
@@ -173,7 +188,7 @@ def handle_chat(gen: Generator, body: bytes) -> tuple[int, dict]:
         return _error(404, f"The model `{req.model}` does not exist; this server has `{gen.name}`", "model_not_found")
     if req.stream:
         return _error(400, "stream=true is not supported by cotdistill serve", "unsupported")
-    prompt = gen.render([m.model_dump() for m in req.messages])
+    prompt = gen.render([{"role": m.role, "content": m.text()} for m in req.messages])
     max_new = req.max_completion_tokens or req.max_tokens or gen.default_max_tokens
     n_prompt = gen.prompt_tokens(prompt)
     if n_prompt + max_new > gen.context:

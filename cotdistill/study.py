@@ -842,6 +842,8 @@ class PlainView:
         self.stage = ""
         self.stage_done: float | None = None
         self.stage_total: float | None = None
+        self.plain_lines = True
+        self.last_line = 0.0
 
     def start(self, cells: list[Cell], finished: list[Cell]) -> None:
         self.total, self.done = len(cells), len(finished)
@@ -854,7 +856,12 @@ class PlainView:
         self.console.print(f"[{self.done + self.failed + 1}/{self.total}] {cell.label()} ({cell.slug})")
 
     def progress(self, stage: str, done: float | None, total: float | None) -> None:
+        changed = stage != self.stage
         self.stage, self.stage_done, self.stage_total = stage, done, total
+        # In a log, a line when a stage starts and then at most every 30 s.
+        if self.plain_lines and (changed or time.time() - self.last_line >= 30) and done is not None and total:
+            self.last_line = time.time()
+            self.console.print(f"  {stage} {done:.0f}/{total:.0f}  (cell {_fmt_s(time.time() - self.cell_t0)})")
 
     def cell_finished(self, cell: Cell, row: dict) -> None:
         secs = time.time() - self.cell_t0
@@ -890,6 +897,7 @@ class LiveView(PlainView):
         from rich.live import Live
 
         self.live = Live(console=self.console, refresh_per_second=2, get_renderable=self.render, transient=False)
+        self.plain_lines = False
 
     def start(self, cells: list[Cell], finished: list[Cell]) -> None:
         super().start(cells, finished)

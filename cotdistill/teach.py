@@ -347,18 +347,18 @@ def _message(e: Any) -> str:
     return str(getattr(e, "message", e))[:300]
 
 
-def _client(teacher: Teacher, cfg: TeachConfig) -> Any:
+def _client(teacher: Teacher, timeout: float) -> Any:
     from openai import AsyncOpenAI
 
     # max_retries=0: retries, back-off and Retry-After are ours (call_with_retries), so they are counted.
-    return AsyncOpenAI(api_key=teacher.api_key, base_url=teacher.base_url, max_retries=0, timeout=cfg.timeout)
+    return AsyncOpenAI(api_key=teacher.api_key, base_url=teacher.base_url, max_retries=0, timeout=timeout)
 
 
 async def preflight(teacher: Teacher, cfg: TeachConfig) -> None:
     """Before any paid request: the endpoint answers, accepts the key and knows the model."""
     import openai
 
-    client = _client(teacher, cfg)
+    client = _client(teacher, min(cfg.timeout, 30.0))  # listing models is quick; don't hang on a dead host
     try:
         models = await client.models.list()
         ids = [m.id for m in models.data]
@@ -387,7 +387,7 @@ async def preflight(teacher: Teacher, cfg: TeachConfig) -> None:
 
 async def run_openai(jobs: list[Job], teacher: Teacher, cfg: TeachConfig, cache: ResponseCache, counts: Counts, bar: Any) -> None:
     """Ask for every job concurrently (bounded), committing each answer to the cache on arrival."""
-    client = _client(teacher, cfg)
+    client = _client(teacher, cfg.timeout)
     sem = asyncio.Semaphore(cfg.concurrency)
     limiter = RateLimiter(cfg.rpm)
     stop: list[CotdistillError] = []
@@ -415,6 +415,7 @@ async def run_openai(jobs: list[Job], teacher: Teacher, cfg: TeachConfig, cache:
                 cache.put(job.key, job.request, job.response)
                 counts.answered += 1
                 counts.consecutive_failures = 0
+            bar.set_postfix(failed=counts.failed, retries=counts.retried, refresh=False)
             bar.update(1)
 
     try:
@@ -451,6 +452,7 @@ def run_hf(jobs: list[Job], teacher: Teacher, cfg: TeachConfig, cache: ResponseC
                 temperature=cfg.temperature,
                 top_p=cfg.top_p,
                 seed=params["seed"] if params["seed"] is not None else (sample if cfg.temperature > 0 else None),
+                stop_when=ANSWER_SENTENCE_DONE,  # what follows would be trimmed away: don't generate it
             )
             counts.requests_sent += len(batch)
             for job, (c,) in zip(batch, outs):
@@ -464,6 +466,8 @@ def run_hf(jobs: list[Job], teacher: Teacher, cfg: TeachConfig, cache: ResponseC
 # ----------------------------------------------------------------------------- verification
 
 _ANSWER_SENTENCE = re.compile(r"the\s*answer\s*is\b[^\n]*", re.I)
+# An answer sentence that has visibly ended (newline or full stop + space): trim_rationale cuts there.
+ANSWER_SENTENCE_DONE = re.compile(r"the\s*answer\s*is\b[^\n]*?(?:\n|\.\s)", re.I)
 
 
 def trim_rationale(text: str) -> str:
@@ -623,8 +627,11 @@ def _write(jobs: list[Job], cfg: TeachConfig, teacher: Teacher, prompts: dict[st
     atomic_write_text(all_path(out), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in all_rows))
     atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept_rows))
     counts_out = {k: v for k, v in vars(counts).items() if k != "consecutive_failures"}
+    config = cfg.model_dump(mode="json")
+    if teacher.base_url:  # never a credential or query string from the URL
+        config["base_url"] = teacher.endpoint
     write_provenance(
-        provenance_path(out), cfg,
+        provenance_path(out), config,
         teacher={"name": teacher.name, "kind": teacher.kind, "model": teacher.model, "endpoint": teacher.endpoint},
         prompts={k: {"hash": p.hash, "template": p.template, "fields": p.fields} for k, p in prompts.items()},
         counts=counts_out, cost=cost, new_cost=new_cost,

@@ -8,15 +8,18 @@ substring of the prompt's question) a list of actions consumed one request at a 
 Actions: "pass" (forward), "answer" (a well-formed completion ending "The answer is <gold>"),
 "noanswer" (a well-formed completion without an answer sentence), "429" (Retry-After: 1),
 "500", "malformed" (200, application/json, broken body), "drop" (close without a response),
-"stall" (sleep `stall_s`, then close), "401", "404".
+"stall" (sleep `stall_s`, then close), "html" (200 with an HTML body), "401", "404",
+"400echo" (400 whose message echoes the Authorization header, as some servers do).
 """
 
 import atexit
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -34,19 +37,30 @@ SERVED_NAME = "tiny"
 _server: dict = {}
 
 
-def served_tiny(tmp_root: Path) -> str:
-    """Base URL (http://127.0.0.1:PORT/v1) of the session's `cotdistill serve` over a tiny chat student."""
-    if "url" not in _server:
-        from cotdistill.testing import make_tiny_student
+def start_served_tiny() -> None:
+    """Start the session's `cotdistill serve` now (test modules call this at import, so that its
+    start-up overlaps with collection and the first tests); `served_tiny()` waits for it."""
+    if "proc" in _server:
+        return
+    from cotdistill.testing import make_tiny_student
 
-        model = make_tiny_student(tmp_root / "served_student", chat_template=True)
-        proc = subprocess.Popen(
-            [CLI, "serve", "--model", str(model), "--port", "0", "--name", SERVED_NAME, "--quiet", "--max-tokens", "16"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        atexit.register(proc.kill)
-        _server["proc"] = proc
-        _server["url"] = _wait_for_url(proc)
+    root = Path(tempfile.mkdtemp(prefix="cotdistill-served-"))
+    atexit.register(shutil.rmtree, root, True)
+    model = make_tiny_student(root / "student", chat_template=True)
+    # One torch thread: on a small shared CPU box the default oversubscribes and is ~10x slower.
+    proc = subprocess.Popen(
+        [CLI, "serve", "--model", str(model), "--port", "0", "--name", SERVED_NAME, "--quiet", "--max-tokens", "16"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    atexit.register(proc.kill)  # runs before the rmtree above (atexit is last-in, first-out)
+    _server["proc"] = proc
+
+
+def served_tiny() -> str:
+    """Base URL (http://127.0.0.1:PORT/v1) of the session's `cotdistill serve` over a tiny chat student."""
+    start_served_tiny()
+    if "url" not in _server:
+        _server["url"] = _wait_for_url(_server["proc"])
     return _server["url"]
 
 
@@ -89,7 +103,7 @@ class FaultProxy:
         self.in_flight = self.max_in_flight = 0
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def url(self) -> str:
@@ -178,6 +192,14 @@ class FaultProxy:
                     self._reply(401, _err("invalid api key", "invalid_api_key"))
                 elif action == "404":
                     self._reply(404, _err("model not found", "model_not_found"))
+                elif action == "400echo":
+                    self._reply(400, _err(f"bad request from {self.headers.get('Authorization')}", "bad_request"))
+                elif action == "html":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", "17")
+                    self.end_headers()
+                    self.wfile.write(b"<html>oops</html>")
                 elif action == "malformed":
                     self._reply(200, b'{"id": "chatcmpl-x", "choices": [{"message": ')
                 elif action == "drop":

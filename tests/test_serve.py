@@ -10,7 +10,9 @@ import openai
 import pytest
 
 from cotdistill.serve import ChatServer, Generator
-from teach_support import SERVED_NAME, served_tiny
+from teach_support import SERVED_NAME, served_tiny, start_served_tiny
+
+start_served_tiny()  # at import: the server starts while the other tests run
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +59,15 @@ def test_n_choices_seed_and_system_messages(client):
     assert 3 <= a.usage.completion_tokens <= 24  # summed over the 3 choices
 
 
+def test_greedy_n_and_content_parts(client):
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Say "}, {"type": "text", "text": "something."}]}]
+    plain = [{"role": "user", "content": "Say something."}]
+    a = client.chat.completions.create(model="tiny", messages=parts, max_tokens=5, temperature=0, n=2)
+    b = client.chat.completions.create(model="tiny", messages=plain, max_tokens=5, temperature=0)
+    assert [c.message.content for c in a.choices] == [b.choices[0].message.content] * 2
+    assert a.usage.prompt_tokens == b.usage.prompt_tokens
+
+
 def test_stop_strings_cut_the_completion(client):
     messages = [{"role": "user", "content": "Count: a b c"}]
     free = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0)
@@ -82,9 +93,9 @@ def test_unknown_model_is_404_and_bad_requests_are_400(client, server):
     assert e.value.code == 400 and "invalid request" in json.loads(e.value.read())["error"]["message"]
 
 
-def test_cli_serve_process_answers(tmp_path_factory):
+def test_cli_serve_process_answers():
     """`cotdistill serve` as its own process (the one the teach tests use) prints its URL and answers."""
-    url = served_tiny(tmp_path_factory.getbasetemp())
+    url = served_tiny()
     c = openai.OpenAI(api_key="unused", base_url=url, max_retries=0, timeout=60)
     assert [m.id for m in c.models.list().data] == [SERVED_NAME]
     resp = c.chat.completions.create(model=SERVED_NAME, messages=[{"role": "user", "content": "2 + 2?"}], max_tokens=4)

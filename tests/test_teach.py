@@ -15,17 +15,19 @@ import pytest
 from cotdistill.data import load_supervision
 from cotdistill.errors import CotdistillError
 from cotdistill.prompts import LEVELS, formats, teacher_prompt
-from cotdistill.teach import all_path, make_config, provenance_path, teach, trim_rationale
-from teach_support import CLI, QUESTIONS, SERVED_NAME, FaultProxy, fixture_golds, request_id, served_tiny, teach_env
+from cotdistill.teach import ANSWER_SENTENCE_DONE, all_path, make_config, provenance_path, teach, trim_rationale
+from teach_support import CLI, QUESTIONS, SERVED_NAME, FaultProxy, fixture_golds, request_id, served_tiny, start_served_tiny, teach_env
 
 ASSETS = Path(__file__).parent / "assets" / "teach"
 ROW_FIELDS = {"question_id", "question", "rationale", "extracted", "gold", "kind", "correct", "teacher", "level",
               "format", "sample", "prompt_hash", "usage"}
 
+start_served_tiny()  # at import: the server starts while the other tests run
+
 
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory):
-    return served_tiny(tmp_path_factory.getbasetemp())
+    return served_tiny()
 
 
 def _cfg(tmp_path, url, **over):
@@ -73,6 +75,11 @@ def test_trim_rationale_ends_at_the_first_answer_sentence():
     assert trim_rationale(" 2 + 3 = 5. The answer is 5\nQuestion: next one") == "2 + 3 = 5. The answer is 5"
     assert trim_rationale("x = 3.5. The answer is 3.5. Then more text. The answer is 9") == "x = 3.5. The answer is 3.5."
     assert trim_rationale("no answer sentence here") == "no answer sentence here"
+    # The hf teacher stops generating once ANSWER_SENTENCE_DONE matches: nothing kept is cut off.
+    for text in ["2 + 3 = 5. The answer is 5\nQuestion: next", "x = 3.5. The answer is 3.5. Then more. The answer is 9"]:
+        m = ANSWER_SENTENCE_DONE.search(text)
+        assert m and trim_rationale(text[: m.end()]) == trim_rationale(text)
+    assert not ANSWER_SENTENCE_DONE.search("So the answer is 3.5")
 
 
 # ----------------------------------------------------------------------------- hf: teacher
@@ -200,7 +207,7 @@ def test_cli_kill_9_midway_then_resume_repeats_no_answered_request(tmp_path, ser
     out = tmp_path / "k.jsonl"
     cmd = [CLI, "teach", "--dataset", str(QUESTIONS), "--teacher", f"openai:{SERVED_NAME}", "--level", "1",
            "--out", str(out), "--max-tokens", "8", "--cache", str(cache), "--concurrency", "1", "--no-progress"]
-    with FaultProxy(server_url, delay_s=0.4) as proxy:
+    with FaultProxy(server_url, delay_s=0.25) as proxy:
         env = teach_env() | {"OPENAI_BASE_URL": proxy.url}
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60

@@ -8,6 +8,7 @@ of the train split; `load_train_report` says how many.
 """
 
 import re
+from functools import lru_cache
 from pathlib import Path
 
 from cotdistill.benchmarks import Example
@@ -40,9 +41,17 @@ def _human_letters(data_dir: Path) -> dict[str, str]:
 
 
 def _train(data_dir: Path) -> tuple[list[Example], int]:
+    path = require_file(data_dir, "cot/aqua_only_ans.json")
+    human = find_file(data_dir, "cot/aqua_human.json")
+    stamp = (path.stat().st_mtime_ns, human.stat().st_mtime_ns if human else None)
+    examples, dropped = _train_cached(path, stamp, data_dir)
+    return list(examples), dropped
+
+
+@lru_cache(maxsize=4)
+def _train_cached(path: Path, _stamp: tuple, data_dir: Path) -> tuple[tuple[Example, ...], int]:
     from cotdistill.grade import extract_answer
 
-    path = require_file(data_dir, "cot/aqua_only_ans.json")
     human = None
     out, dropped = [], 0
     for i, r in enumerate(read_records(path, ("instruction", "output"))):
@@ -61,7 +70,7 @@ def _train(data_dir: Path) -> tuple[list[Example], int]:
             continue
         out.append(Example(f"aqua/train/{i}", "aqua", render_question(stem, choices), gold, "choice", choices,
                            meta={"gold_from": source}))
-    return out, dropped
+    return tuple(out), dropped
 
 
 def load_train_report(data_dir: Path) -> int:

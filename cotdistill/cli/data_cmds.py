@@ -52,11 +52,13 @@ def audit_cmd(
     data_dir: DataDir = None,
 ) -> None:
     """Per source: rows, joined rows, teacher accuracy under the grader, mean length, share stating its answer."""
-    from cotdistill.data import AUDIT_COLUMNS, audit, audit_to_csv, audit_to_json
+    from cotdistill.data import AUDIT_COLUMNS, audit, audit_to_csv, audit_to_json, list_sources, resolve_data_dir
     from cotdistill.provenance import atomic_write_text, write_provenance
 
     if out is not None and out.suffix not in (".csv", ".json"):
         raise CotdistillError(f"--out {out}: expected a .csv or .json file name")
+    list_sources(dataset)  # bad names and a missing data directory fail before the tokenizer loads
+    data_dir = resolve_data_dir(data_dir)
     tok = None
     if tokenizer.lower() != "none":
         from cotdistill.students import load_tokenizer
@@ -72,7 +74,7 @@ def audit_cmd(
     if out is not None:
         atomic_write_text(out, audit_to_csv(records) if out.suffix == ".csv" else audit_to_json(records))
         write_provenance(out.with_name(out.name + ".provenance.json"),
-                         {"dataset": dataset, "tokenizer": tokenizer, "data_dir": str(data_dir) if data_dir else None})
+                         {"dataset": dataset, "tokenizer": tokenizer, "data_dir": str(data_dir)})
         typer.echo(f"wrote {out}")
 
 
@@ -80,7 +82,7 @@ def audit_cmd(
 def fetch_cmd(
     to: Annotated[Path, typer.Option(help="Directory to download into (becomes a --data-dir).")],
     base_url: Annotated[Optional[str], typer.Option(help="Mirror of raw.githubusercontent.com (same paths).")] = None,
-    only: Annotated[Optional[str], typer.Option(help="Only manifest paths matching this glob, e.g. 'cot/SVAMP_*'.")] = None,
+    only: Annotated[Optional[list[str]], typer.Option(help="Only manifest paths matching this glob, e.g. 'cot/SVAMP_*' (repeatable).")] = None,
 ) -> None:
     """Download the released rationales and benchmark files, checking sha256; re-run to resume."""
     from cotdistill.data import fetch

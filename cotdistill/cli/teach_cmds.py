@@ -61,7 +61,7 @@ def teach_cmd(
             f"they are listed in {result.all_out}; re-run the same command to retry only those",
             file=sys.stderr,
         )
-        raise typer.Exit(EXIT_INCOMPLETE)
+        sys.exit(EXIT_INCOMPLETE)  # SystemExit: main() passes it through (a typer.Exit code would be dropped)
 
 
 @app.command("serve")

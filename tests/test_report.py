@@ -1,0 +1,140 @@
+"""The report on a study folder whose cells have known per-question predictions (no training):
+every section, the paired tests' numbers, self-contained HTML, PNGs, the CLI command."""
+
+import base64
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cotdistill import metrics, report, study
+from cotdistill.errors import CotdistillError
+from cotdistill.provenance import atomic_write_text
+
+N = 20  # test questions per cell
+
+STUDY = """\
+name: synthetic
+datasets: [svamp]
+students: [STRONG, WEAK]
+supervision:
+  - svamp/chatgpt/level{1,3,6}
+  - svamp/chatgpt/level3/{subquestions,symbolic}
+  - svamp/{gemini,llama}/level3
+  - svamp/answer-only
+  - none
+train: {limit: 30}
+eval: {limit: 20}
+"""
+
+# Questions right (the first k of N) per (student folder name, teacher, level, format).
+# "strong" peaks at level 6 and "weak" at level 1: the non-monotone, student-dependent finding.
+RIGHT = {
+    ("strong", "chatgpt", 1, "cot"): 4, ("strong", "chatgpt", 3, "cot"): 10, ("strong", "chatgpt", 6, "cot"): 18,
+    ("weak", "chatgpt", 1, "cot"): 12, ("weak", "chatgpt", 3, "cot"): 8, ("weak", "chatgpt", 6, "cot"): 5,
+    ("strong", "chatgpt", 3, "subquestions"): 10, ("weak", "chatgpt", 3, "subquestions"): 8,
+    ("strong", "chatgpt", 3, "symbolic"): 9, ("weak", "chatgpt", 3, "symbolic"): 7,
+    ("strong", "gemini", 3, "cot"): 14, ("weak", "gemini", 3, "cot"): 9,
+    ("strong", "llama", 3, "cot"): 6, ("weak", "llama", 3, "cot"): 3,
+    ("strong", "answer-only", None, "answer-only"): 2, ("weak", "answer-only", None, "answer-only"): 1,
+    ("strong", "zero-shot", None, "zero-shot"): 0, ("weak", "zero-shot", None, "zero-shot"): 0,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def synthetic_study(tmp_path_factory, tiny_student, tiny_chat_student, data_dir) -> Path:
+    root = tmp_path_factory.mktemp("report")
+    strong, weak = root / "strong", root / "weak"
+    shutil.copytree(tiny_student, strong)
+    shutil.copytree(tiny_chat_student, weak)
+    (root / "study.yaml").write_text(STUDY.replace("STRONG", str(strong)).replace("WEAK", str(weak)))
+    cfg = study.load_study(root / "study.yaml")
+    cells = study.expand_cells(cfg, data_dir)
+    out = root / "run"
+    study.init_study_dir(cfg, cells, out, data_dir)
+    rows = []
+    for cell in cells:
+        sup = cell.supervision
+        k = RIGHT[(Path(cell.student).name, sup.teacher, sup.level, sup.format)]
+        correct = [i < k for i in range(N)]
+        cdir = study.cell_dir(out, cell)
+        preds = "".join(json.dumps({"id": f"svamp/test/{i}", "correct": c, "generated_tokens": 30}) + "\n"
+                        for i, c in enumerate(correct))  # fmt: skip
+        atomic_write_text(cdir / "eval" / "predictions.jsonl", preds)
+        lo, hi = metrics.bootstrap_ci(correct)
+        summary = {"accuracy": k / N, "ci_low": lo, "ci_high": hi, "n": N, "correct": k, "mean_output_tokens": 30.0,
+                   "stopped_share": 1.0, "tokens_per_s": 50.0, "seconds": 4.0}  # fmt: skip
+        row = study.results_row(cell, "done", summary=summary,
+                                train_info={"train_examples": 30, "train_seconds": 10.0, "train_tokens_per_s": 900.0})
+        atomic_write_text(cdir / "done.json", json.dumps({"row": row}))
+        rows.append(row)
+    rows.append(study.results_row(cells[0].model_copy(update={"seed": 7}), "failed", error="CotdistillError: boom"))
+    study.write_results(out, rows)
+    return out
+
+
+def test_report_sections_tests_and_files(synthetic_study):
+    html_path = report.write_report(synthetic_study)
+    md = (synthetic_study / "report.md").read_text()
+    for heading in ("## Results", "accuracy vs. granularity (finding 1)", "rationale format at a fixed level (finding 2)",
+                    "teachers (finding 3)", "baselines (answer-only, human, zero-shot)",
+                    "Supervision metrics vs. student accuracy", "## Failed cells"):  # fmt: skip
+        assert heading in md, heading
+    # Finding 1 in words: each student's optimum, and that they differ.
+    assert "**strong** on chatgpt rationales: best at level 6 (90.0 %), worst at level 1 (20.0 %)" in md
+    assert "**weak** on chatgpt rationales: best at level 1 (60.0 %), worst at level 6 (25.0 %)" in md
+    assert "Accuracy rises with the level (monotone)." in md and "Accuracy falls as the level rises" in md
+    # strong L6 vs L1: nested correct sets -> 14 discordant pairs all one way: exact McNemar 2 * 0.5**14.
+    row = next(line for line in md.splitlines() if line.startswith("| strong | chatgpt L6 | chatgpt L1 |"))
+    assert "14/0" in row and f"{2 * 0.5**14:.1e}" in row and row.endswith("| 20 | yes |")
+    # Formats differ by at most one question: nothing real.
+    assert "no format differs significantly from chatgpt L3" in md
+    # Teachers: the best teacher for the strong student is gemini (70 %), not chatgpt.
+    assert "the best teacher for this student is gemini (70.0 %)" in md
+    assert "boom" in md
+    # Results table: one line per cell.
+    results = [line for line in md.splitlines() if line.startswith("| svamp |")]
+    assert len(results) == len(RIGHT) + 1
+    # Every image the markdown links exists and is a PNG; the HTML embeds each of them.
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(links) == 4  # granularity, formats, teachers, metrics vs accuracy
+    for link in links:
+        assert (synthetic_study / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = html_path.read_text()
+    uris = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
+    assert len(uris) == len(links)
+    assert all(base64.b64decode(u)[:4] == b"\x89PNG" for u in uris)
+    assert "figures/" not in re.sub(r"<p>.*?</p>", "", html)  # no file references outside paragraphs of text
+    assert html.count("<table>") == md.count("|---|") and "<script" not in html
+    assert (synthetic_study / "report.provenance.json").is_file()
+
+
+def test_supervision_metrics_and_correlations(synthetic_study):
+    report.write_report(synthetic_study)
+    with open(synthetic_study / "supervision_metrics.csv") as f:
+        sm = list(csv.DictReader(f))
+    # 7 rationale sets + answer-only, each measured with both students' tokenizers.
+    assert len(sm) == 16
+    l6 = next(r for r in sm if r["supervision"] == "svamp/chatgpt/level6" and r["student_tokenizer"] == "strong")
+    l1 = next(r for r in sm if r["supervision"] == "svamp/chatgpt/level1" and r["student_tokenizer"] == "strong")
+    assert int(l6["rows"]) == 30 and l6["length_unit"] == "tokens"
+    assert float(l6["length_mean"]) > float(l1["length_mean"])  # finer levels write longer rationales
+    assert 0.9 <= float(l6["teacher_accuracy"]) <= 1.0
+    with open(synthetic_study / "supervision_correlations.csv") as f:
+        corr = {r["metric"]: r for r in csv.DictReader(f)}
+    assert int(corr["length_mean"]["n"]) == 16 and -1 <= float(corr["length_mean"]["spearman"]) <= 1
+
+
+def test_report_cli_and_bad_folder(synthetic_study, tmp_path):
+    from typer.testing import CliRunner
+
+    from cotdistill.cli import app
+
+    r = CliRunner().invoke(app, ["report", str(synthetic_study)])
+    assert r.exit_code == 0, r.output
+    assert f"report: {(synthetic_study / 'report.html').resolve()}" in r.output
+    with pytest.raises(CotdistillError, match="not a study folder"):
+        report.write_report(tmp_path)
