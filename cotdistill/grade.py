@@ -7,7 +7,8 @@ Order of extraction (the same for every answer kind):
   2. the LAST \\boxed{...};
   3. after the LAST "answer/option/choice" directly followed by a letter ("so Answer D");
   4. the last candidate anywhere in the text: last number (number), last inline formula or number
-     (math), last parenthesised or standalone choice letter (choice), last true/false/yes/no (boolean).
+     (math), last parenthesised letter, else an option's text in the last sentence, else the last
+     standalone letter (choice), a leading yes/no, else the last true/false/yes/no (boolean).
 Within the text after an anchor we take its first candidate (first number, first letter, ...);
 for numbers only its first sentence, and right of the last "=" there ("The answer is 5 - 3 = 2").
 A response is read only up to a chat turn marker (<|im_end|>, "### Instruction", ...) after which
@@ -226,6 +227,10 @@ def _last_anywhere(text: str, kind: str, choices: dict[str, str] | None) -> str 
         paren = [a or b for a, b in _PAREN_LETTER.findall(text) if (a or b) in valid]
         if paren:
             return paren[-1]
+        sentences = [x for x in re.split(r"(?<=[.!?])\s+|\n+", text.strip()) if x.strip()]
+        by_text = _choice_by_text(sentences[-1], choices) if sentences else None  # "A desert" = (D) a desert
+        if by_text:
+            return by_text
         letters = _letters(text, valid)
         return letters[-1] if letters else None
     lead = re.match(r"\W*(true|false|yes|no)\b", text, re.I)  # "No, because ..." states its answer first

@@ -76,8 +76,9 @@ class TrainResult(BaseModel):
     final_loss: float | None
     train_loss: float | None
     tokens: int
-    seconds: float
-    tokens_per_s: float
+    seconds: float = Field(description="Wall-clock of this session: loading, training, saving.")
+    train_seconds: float = Field(0.0, description="Wall-clock of the training loop alone (this session).")
+    tokens_per_s: float = Field(description="Non-padding tokens per second of the training loop (this session).")
     already_done: bool = False
 
 
@@ -441,6 +442,7 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
 
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(_progress_callback(progress, cfg.quiet))
+    t_loop = time.monotonic()
     try:
         output = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     except KeyboardInterrupt:
@@ -453,17 +455,19 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
             raise CotdistillError(f"no space left on device while writing {cfg.out}; free space and re-run with --resume") from e
         raise
     trainer._head.remove()
+    loop_seconds = time.monotonic() - t_loop
     seconds = time.monotonic() - t0
 
     curve = loss_curve(trainer.state.log_history)
     write_loss_curve(cfg.out, curve)
     tokens = int(trainer.state.num_input_tokens_seen)
+    session_tokens = tokens - int(getattr(trainer, "_initial_num_input_tokens_seen", 0) or 0)
     _save_final(trainer.model, tok, cfg.out, cfg.lora)
     result = TrainResult(
         out=cfg.out, n_examples=len(examples), truncated=truncated, dropped=dropped,
         steps=trainer.state.global_step, final_loss=curve[-1]["loss"] if curve else None,
         train_loss=output.training_loss, tokens=tokens, seconds=round(seconds, 2),
-        tokens_per_s=round(tokens / max(seconds, 1e-9), 1),
+        train_seconds=round(loop_seconds, 2), tokens_per_s=round(session_tokens / max(loop_seconds, 1e-9), 1),
     )
     write_provenance(
         cfg.out / "provenance.json", cfg, status="done", data_source=source_name, device=device, dtype=dtype,

@@ -61,6 +61,8 @@ CHOICE = [
     ("-57 represents a $57,000 advantage in favor of Store B. Choice E is correct.", None, "E", "E", True),  # aqua_gemini_level1
     ("Let's think about the multi-choice question. let x= 5, y= 3 I. 5^5 = > Odd The answer is B", None, "B", "(B)", True),  # aqua_human
     ("The answer is Option E", AQUA, "E", "E", True),  # aqua_human
+    # SmolLM2-135M-Instruct on obqa/test/1 (a real student output): the option's text, no letter
+    ("A desert<|im_end|>", {"A": "a marsh", "B": "a tundra", "C": "the plains", "D": "a desert"}, "D", "A", False),
 ]
 
 BOOLEAN = [

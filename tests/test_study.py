@@ -260,3 +260,23 @@ def test_kill_mid_cell_and_rerun_loses_and_redoes_nothing(tmp_path, tiny_student
     assert "report:" in r.stdout and (out / "report.html").is_file()
     # The killed cell resumed its training run (same folder, now finished), not a second one.
     assert len(list(out.glob("models/*/provenance.json"))) == 1
+
+
+def test_live_view_shows_counts_stage_and_time_left(tmp_path, tiny_student, data_dir):
+    import io
+
+    from rich.console import Console
+
+    cells = study.expand_cells(study.load_study(make_study(tmp_path, tiny_student, GOOD)), data_dir)
+    console = Console(file=io.StringIO(), width=160, force_terminal=False)
+    view = study.LiveView(console)
+    view.start(cells, cells[:2])  # 2 of 7 already done
+    view.cell_started(cells[2])
+    view.ran_seconds = [100.0]  # as if one cell had taken 100 s in this run
+    view.progress("train", 3, 12)
+    console.print(view.render())
+    view.stop()
+    text = console.file.getvalue()
+    assert "2 done · 1 running · 0 failed · 4 left" in text
+    assert "train" in text and "3/12" in text and cells[2].label() in text
+    assert "left 8:1" in text or "left 8:2" in text  # about 5 cells x 100 s minus the current cell's seconds

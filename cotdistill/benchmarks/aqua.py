@@ -3,7 +3,7 @@
 The `output` of aqua_only_ans is a clean letter for ~5,400 rows and free text for the rest
 ("Option E", "C 6.5 miles ...", ":(OptionC"). Train gold, in order: the clean letter; else the
 letter the human rationale (cot/aqua_human, "The answer is X") ends with; else the letter the
-grader extracts from `output`. Rows where none of these gives a letter (about 25) are left out
+grader extracts from `output`. Rows where none of these gives a letter (5 of 6940) are left out
 of the train split; `load_train_report` says how many.
 """
 

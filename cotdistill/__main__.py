@@ -1,0 +1,5 @@
+"""`python -m cotdistill` runs the CLI."""
+
+from cotdistill.cli import main
+
+main()

@@ -1,0 +1,3 @@
+from cotdistill.cli import main
+
+main()

@@ -1,0 +1,103 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cotdistill import evaluate as E
+from cotdistill import students
+from cotdistill.errors import CotdistillError
+
+CLI = str(Path(sys.executable).parent / "cotdistill")
+ASSETS = Path(__file__).parent / "assets" / "train"
+
+
+@pytest.mark.parametrize("text, stated", [
+    ("So 3 + 4 = 7. The answer is 7.\n", True),
+    ("The answer is 7. Next", True),
+    ("The answer is 3.", False),  # may still become 3.5
+    ("The answer is 3.5", False),
+    ("the answer is (B)\n", True),
+    ("No final statement. 7.\n", False),
+])
+def test_answer_stated_pattern(text, stated):
+    assert (E.ANSWER_STATED.search(text) is not None) == stated
+
+
+def test_bootstrap_interval_brackets_the_accuracy():
+    lo, hi = E.bootstrap_ci([True] * 30 + [False] * 70)
+    assert 0.2 < lo < 0.3 < hi < 0.4
+    assert E.bootstrap_ci([True] * 5) == (1.0, 1.0)
+
+
+def test_batched_left_padded_greedy_equals_one_at_a_time(tiny_chat_student):
+    """Left padding + attention mask must not change greedy outputs."""
+    model, tok = students.load_student(tiny_chat_student, dtype="fp32", device="cpu")
+    questions = ["What is 2+3?", "Tom has 12 apples and eats 5 of them. How many are left now?", "7*8?"]
+    prompts = [students.encode_prompt(tok, q) for q in questions]
+    cfg = E.EvalConfig(model=str(tiny_chat_student), dataset="svamp", out=Path("unused"), max_new_tokens=12)
+    together = E.generate_batch(model, tok, prompts, cfg)
+    alone = [E.generate_batch(model, tok, [p], cfg)[0] for p in prompts]
+    assert together == alone
+
+
+def test_generation_split_reasons(tiny_chat_student):
+    tok = students.load_tokenizer(tiny_chat_student)
+    end = students.end_token_id(tok)
+    ids = tok("The answer is 5", add_special_tokens=False)["input_ids"]
+    stops = set(students.stop_token_ids(tok)) | {tok.pad_token_id}
+    assert E._split_generation(tok, ids + [end, end], stops) == ("The answer is 5", len(ids) + 1, "eos")
+    assert E._split_generation(tok, ids, stops)[2] == "length"
+
+
+def _eval(model, out, *extra):
+    return [CLI, "eval", "--model", str(model), "--dataset", "svamp", "--limit", "6", "--out", str(out),
+            "--max-new-tokens", "8", "--batch-size", "4", "--device", "cpu", "--quiet", *extra]
+
+
+@pytest.mark.slow
+def test_train_then_eval_through_the_cli_and_resume(tiny_chat_student, tmp_path, data_dir):
+    run = tmp_path / "run"
+    t = subprocess.run([CLI, "train", "--student", str(tiny_chat_student), "--data", str(ASSETS / "tiny.jsonl"),
+                        "--out", str(run), "--batch-size", "8", "--epochs", "1", "--quiet"],
+                       capture_output=True, text=True)
+    assert t.returncode == 0, t.stderr
+    out = tmp_path / "eval"
+    e = subprocess.run(_eval(run, out, "--data-dir", str(data_dir)), capture_output=True, text=True)
+    assert e.returncode == 0, e.stderr
+    assert "accuracy" in e.stdout
+    preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 6 and {"id", "prompt", "generation", "extracted", "correct", "generated_tokens",
+                                "stopped"} <= set(preds[0])
+    assert preds[0]["prompt"].endswith("<|im_start|>assistant\n")  # the training template
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("accuracy", "ci_low", "ci_high", "n", "correct", "mean_output_tokens", "max_output_tokens",
+                "stopped_share", "tokens_per_s", "seconds"):
+        assert key in summary
+    assert summary["n"] == 6 and summary["ci_low"] <= summary["accuracy"] <= summary["ci_high"]
+    assert (out / "provenance.json").is_file()
+
+    # a killed evaluation: the torn last record is dropped and only the missing questions are redone
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    (out / "predictions.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])
+    (out / "summary.json").unlink()
+    cfg = E.EvalConfig(model=str(run), dataset="svamp", limit=6, out=out, max_new_tokens=8, batch_size=4,
+                       device="cpu", quiet=True, data_dir=data_dir)
+    assert E.evaluate(cfg).n == 6
+    again = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in again) == sorted(r["id"] for r in preds)
+
+    # a different evaluation in the same folder is refused
+    with pytest.raises(CotdistillError, match="different evaluation.*--overwrite"):
+        E.evaluate(cfg.model_copy(update={"beams": 2}))
+
+
+def test_unknown_dataset_and_unfinished_model(tiny_student, tmp_path, data_dir):
+    with pytest.raises(CotdistillError, match="unknown dataset"):
+        E.evaluate(E.EvalConfig(model=str(tiny_student), dataset="svampp", out=tmp_path / "e", data_dir=data_dir))
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "run.json").write_text("{}")
+    with pytest.raises(CotdistillError, match="unfinished training run"):
+        E.evaluate(E.EvalConfig(model=str(unfinished), dataset="svamp", out=tmp_path / "e", data_dir=data_dir))

@@ -1,0 +1,139 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cotdistill import students
+from cotdistill import train as T
+from cotdistill.errors import CotdistillError
+
+ASSETS = Path(__file__).parent / "assets" / "train"
+CLI = str(Path(sys.executable).parent / "cotdistill")
+PAIRS = [("Tom has 3 apples and buys 7 more. How many apples?", "3 + 7 = 10. The answer is 10"),
+         ("What is 12 times 2?", "12 * 2 = 24. The answer is 24")]
+
+
+def _cfg(student, out, **kw):
+    base = dict(student=str(student), data=str(ASSETS / "tiny.jsonl"), out=out, batch_size=4, epochs=1, quiet=True,
+                dtype="fp32", device="cpu")
+    return T.TrainConfig(**(base | kw))
+
+
+def test_labels_mask_the_prompt_and_keep_the_end_token(tiny_chat_student):
+    tok = students.load_tokenizer(tiny_chat_student)
+    examples, truncated, dropped = T.tokenize_pairs(tok, PAIRS, max_length=256)
+    assert (truncated, dropped) == (0, 0)
+    for (q, r), ex in zip(PAIRS, examples):
+        prompt = students.encode_prompt(tok, q)
+        response = students.encode_response(tok, r)
+        assert ex["input_ids"] == prompt + response
+        assert ex["labels"] == [-100] * len(prompt) + response
+        assert ex["labels"][-1] == tok.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_too_long_rationales_are_truncated_and_counted(tiny_student):
+    tok = students.load_tokenizer(tiny_student)
+    prompt_len = len(students.encode_prompt(tok, PAIRS[0][0]))
+    examples, truncated, dropped = T.tokenize_pairs(tok, PAIRS[:1] + [("x " * 400, "y")], max_length=prompt_len + 3)
+    assert (truncated, dropped) == (1, 1)
+    assert len(examples[0]["input_ids"]) == prompt_len + 3
+
+
+def test_response_only_loss_equals_full_logits_loss(tiny_chat_student):
+    """The lm_head pre-hook must give exactly the loss of full logits with prompt/padding masked."""
+    model, tok = students.load_student(tiny_chat_student, dtype="fp32", device="cpu")
+    examples, _, _ = T.tokenize_pairs(tok, PAIRS, 256)
+    batch = T.PadCollator(tok.pad_token_id)(examples)
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+    head = T.ResponseOnlyHead(model)
+    ours = T.response_loss(model, head, batch, None)
+    ours.backward()
+    g_ours = model.model.layers[0].mlp.up_proj.weight.grad.clone()
+    model.zero_grad()
+    head.remove()
+    full = model(**batch).loss  # transformers' own shifted, masked mean over all positions
+    full.backward()
+    assert torch.allclose(ours, full, atol=1e-5)
+    assert torch.allclose(g_ours, model.model.layers[0].mlp.up_proj.weight.grad, atol=1e-6)
+
+
+def test_train_save_load_and_idempotence(tiny_chat_student, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    r = T.train(_cfg(tiny_chat_student, out))
+    assert r.n_examples == 16 and r.steps == 4 and r.tokens > 0 and not r.already_done
+    AutoModelForCausalLM.from_pretrained(out)  # plain transformers loads the run folder
+    curve = [json.loads(x) for x in (out / "loss_curve.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in curve] == [1, 2, 3, 4] and (out / "loss_curve.png").stat().st_size > 0
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["status"] == "done" and prov["result"]["n_examples"] == 16 and "torch" in prov["versions"]
+    assert not (out / "checkpoints").exists()
+    again = T.train(_cfg(tiny_chat_student, out))
+    assert again.already_done and again.final_loss == r.final_loss
+    with pytest.raises(CotdistillError, match="different training run.*--overwrite"):
+        T.train(_cfg(tiny_chat_student, out, lr=1e-4))
+    assert T.train(_cfg(tiny_chat_student, out, lr=1e-4, overwrite=True)).final_loss != r.final_loss
+
+
+def test_lora_run_saves_a_merged_plain_model(tiny_student, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    T.train(_cfg(tiny_student, tmp_path / "lora", lora=True, lora_r=4))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "lora")
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "no examples|empty"),
+    ('{"question": "q"}\n', "rationale"),
+    ("not json\n", "line 1|JSON|json"),
+])
+def test_bad_training_data(tiny_student, tmp_path, content, message):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(content)
+    with pytest.raises(CotdistillError, match=message):
+        T.train(_cfg(tiny_student, tmp_path / "run", data=str(bad)))
+    assert not (tmp_path / "run").exists()  # nothing written for bad input
+
+
+def test_unknown_data_name(tiny_student, tmp_path, data_dir):
+    with pytest.raises(CotdistillError, match="svamp/chatgpt/level9|unknown"):
+        T.train(_cfg(tiny_student, tmp_path / "run", data="svamp/chatgpt/level9", data_dir=data_dir))
+
+
+def _cli_train(student, out, *extra):
+    return [CLI, "train", "--student", str(student), "--data", str(ASSETS / "tiny.jsonl"), "--out", str(out),
+            "--limit", "8", "--batch-size", "2", "--epochs", "2", "--save-steps", "2", "--dtype", "fp32",
+            "--device", "cpu", "--quiet", *extra]
+
+
+@pytest.mark.slow
+def test_resume_after_kill_ends_where_an_uninterrupted_run_ends(tiny_chat_student, tmp_path):
+    ref = T.train(_cfg(tiny_chat_student, tmp_path / "ref", limit=8, batch_size=2, epochs=2, save_steps=2))
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_cli_train(tiny_chat_student, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while T.last_complete_checkpoint(out / "checkpoints") is None and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "provenance.json").exists()  # a killed run never looks finished
+
+    resumable = _cfg(tiny_chat_student, out, limit=8, batch_size=2, epochs=2, save_steps=2)
+    with pytest.raises(CotdistillError, match="unfinished run.*--resume"):
+        T.train(resumable)
+    resumed = subprocess.run(_cli_train(tiny_chat_student, out, "--resume"), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    loss = json.loads((out / "provenance.json").read_text())["result"]["final_loss"]
+    assert loss == pytest.approx(ref.final_loss, rel=1e-4)
+    steps = [json.loads(x)["step"] for x in (out / "loss_curve.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
