@@ -39,6 +39,12 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _peak_gpu_mib() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+
 def _examples(a):
     from cotdistill import students
     from cotdistill import train as T
@@ -73,6 +79,7 @@ def _final_loss(model, examples, pad_id) -> float:
 def worker_ours(a) -> dict:
     from transformers import AutoModelForCausalLM
 
+    from cotdistill import students
     from cotdistill import train as T
 
     out = Path(tempfile.mkdtemp(prefix="bench-ours-"))
@@ -81,10 +88,11 @@ def worker_ours(a) -> dict:
                         quiet=True, device=a.device, dtype=a.dtype, overwrite=True)
     r = T.train(cfg)
     rss = _peak_rss_mib()  # before re-loading the model for the loss check
-    model = AutoModelForCausalLM.from_pretrained(out / "run").to(a.device if a.device != "auto" else "cpu")
+    gpu = _peak_gpu_mib()
+    model = AutoModelForCausalLM.from_pretrained(out / "run").to(students.resolve_device(a.device))
     _, tok, examples = _examples(a)
     return {"tokens": r.tokens, "seconds": r.train_seconds, "tokens_per_s": r.tokens / r.train_seconds,
-            "peak_rss_mib": rss, "trainer_mean_loss": r.train_loss, "last_step_loss": r.final_loss,
+            "peak_rss_mib": rss, "peak_gpu_mib": gpu, "trainer_mean_loss": r.train_loss, "last_step_loss": r.final_loss,
             "final_train_loss": _final_loss(model, examples, tok.pad_token_id), "steps": r.steps}
 
 
@@ -113,9 +121,11 @@ def worker_baseline(a) -> dict:
     output = trainer.train()
     seconds = time.monotonic() - t0
     rss = _peak_rss_mib()
+    gpu = _peak_gpu_mib()
     tokens = int(trainer.state.num_input_tokens_seen)
     last = [h["loss"] for h in trainer.state.log_history if "loss" in h][-1]
     return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "peak_rss_mib": rss,
+            "peak_gpu_mib": gpu,
             "trainer_mean_loss": output.training_loss, "last_step_loss": last,
             "final_train_loss": _final_loss(trainer.model, examples, tok.pad_token_id),
             "steps": trainer.state.global_step}
@@ -259,6 +269,9 @@ def main() -> None:
               f"Trainer mean loss {o['trainer_mean_loss']:.4f} vs {b['trainer_mean_loss']:.4f}")
         print(f"(b) peak RSS: ours {o['peak_rss_mib']:.0f} MiB vs baseline {b['peak_rss_mib']:.0f} MiB "
               f"-> {o['peak_rss_mib'] / b['peak_rss_mib']:.2f}x")
+        if o.get("peak_gpu_mib"):
+            print(f"    peak GPU memory: ours {o['peak_gpu_mib']:.0f} MiB vs baseline {b['peak_gpu_mib']:.0f} MiB "
+                  f"-> {o['peak_gpu_mib'] / b['peak_gpu_mib']:.2f}x")
         for name, r in (("ours", o), ("baseline", b)):
             achieved = fpt * r["tokens_per_s"] / 1e9
             print(f"(d) {name}: {achieved:.2f} GFLOP/s achieved = {100 * achieved / peak:.0f} % of the "

@@ -165,7 +165,7 @@ class Generator:
                 end = next((k for k, t in enumerate(new) if t in eos), None)
                 ids = new if end is None else new[:end]
                 text, cut = _cut_at_stop(tok.decode(ids, skip_special_tokens=True), stops)
-                finished = end is not None or cut
+                finished = end is not None or cut or bool(stop_when and stop_when.search(text))
                 used = len(ids) + (1 if end is not None else 0)
                 choices.append(Completion(text, int(n_prompt), used, "stop" if finished else "length"))
             results.append(choices)
@@ -241,9 +241,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(*_error(404, f"no route POST {path}", "not_found"))
             return
         try:
-            self._send(*handle_chat(self.server.generator, body))
+            status, reply = handle_chat(self.server.generator, body)
         except Exception as e:  # a model failure answers 500 instead of killing the server
-            self._send(*_error(500, f"generation failed: {type(e).__name__}: {e}", "server_error", "server_error"))
+            status, reply = _error(500, f"generation failed: {type(e).__name__}: {e}", "server_error", "server_error")
+        try:
+            self._send(status, reply)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout, killed): nothing to answer
+            self.close_connection = True
+            self.log_message('"%s" client went away before the answer', self.requestline)
 
     def log_message(self, format: str, *args: Any) -> None:
         # One line per request, never headers (they carry the client's API key).

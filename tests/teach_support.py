@@ -13,6 +13,7 @@ Actions: "pass" (forward), "answer" (a well-formed completion ending "The answer
 """
 
 import atexit
+import contextlib
 import json
 import os
 import re
@@ -78,6 +79,19 @@ def _wait_for_url(proc: subprocess.Popen, timeout: float = 120) -> str:
             threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
             return m.group(1)
     raise RuntimeError("cotdistill serve did not print its URL in time")
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Generate in-process on one torch thread (see start_served_tiny), restoring the setting after."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def question_of(body: dict) -> str:

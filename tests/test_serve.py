@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from cotdistill.serve import ChatServer, Generator
-from teach_support import SERVED_NAME, served_tiny, start_served_tiny
+from teach_support import SERVED_NAME, one_torch_thread, served_tiny, start_served_tiny
 
 start_served_tiny()  # at import: the server starts while the other tests run
 
@@ -20,7 +20,8 @@ def server(tiny_chat_student):
     gen = Generator.load(str(tiny_chat_student), name="tiny", default_max_tokens=8)
     srv = ChatServer(gen, "127.0.0.1", 0, quiet=True)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv
+    with one_torch_thread():
+        yield srv
     srv.shutdown()
     srv.server_close()
 

@@ -17,7 +17,10 @@ from cotdistill.cli import data_cmds, study_cmds, teach_cmds, train_cmds  # noqa
 def main() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False hands typer.Exit codes back as the return value.
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except CotdistillError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -37,9 +37,9 @@ def teach_cmd(
     batch_size: Annotated[int, typer.Option(help="Questions per local generate() batch (hf:).")] = 8,
     price_in: Annotated[Optional[float], typer.Option(help="Price per 1M prompt tokens (cost accounting).")] = None,
     price_out: Annotated[Optional[float], typer.Option(help="Price per 1M completion tokens.")] = None,
-    cache: Annotated[Optional[Path], typer.Option(help="SQLite request cache [default: $COTDISTILL_CACHE or ~/.cache/cotdistill/teach.sqlite].")] = None,
+    cache: Annotated[Optional[Path], typer.Option(help="SQLite request cache (default: $COTDISTILL_CACHE, else ~/.cache/cotdistill/teach.sqlite).")] = None,
     base_url: Annotated[Optional[str], typer.Option(envvar="OPENAI_BASE_URL", show_envvar=True, help="OpenAI-compatible endpoint.")] = None,
-    api_key: Annotated[Optional[str], typer.Option(help="API key [default: $OPENAI_API_KEY]; never printed or written.", show_default=False)] = None,
+    api_key: Annotated[Optional[str], typer.Option(help="API key (default: $OPENAI_API_KEY, preferred: flags show in process lists); never printed or written.", show_default=False)] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     data_dir: DataDir = None,
 ) -> None:
@@ -69,7 +69,7 @@ def serve_cmd(
     model: Annotated[str, typer.Option(help="Student or distilled model: alias, local folder, .gguf or HF id.")],
     port: Annotated[int, typer.Option(help="TCP port (0 = any free port; the URL is printed when ready).")] = 8000,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    name: Annotated[Optional[str], typer.Option(help="Model name clients ask for [default: --model as given].")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Model name clients ask for (default: --model as given).")] = None,
     max_tokens: Annotated[int, typer.Option(help="Default new-token limit when a request sets none.")] = 256,
     quiet: Annotated[bool, typer.Option("--quiet", help="No per-request log lines.")] = False,
 ) -> None:
