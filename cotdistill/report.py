@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import html
 import io
 import json
@@ -120,13 +121,11 @@ def write_supervision_metrics(study_dir: Path, data_dir: Path | None = None) -> 
             continue
         limit = (cell.train or {}).get("limit")
         key_obj = {"source": source, "sha256": cell.supervision.sha256, "limit": limit, "student": cell.student}
-        key = metrics_key = json.dumps(key_obj, sort_keys=True)
+        key = json.dumps(key_obj, sort_keys=True)
         if key in seen:
             continue
         seen.add(key)
-        import hashlib
-
-        path = cache_dir / (hashlib.sha256(metrics_key.encode()).hexdigest()[:16] + ".json")
+        path = cache_dir / (hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
         if path.is_file():
             record = json.loads(path.read_text())
         else:

@@ -330,10 +330,6 @@ def labels_of_released(name: str) -> tuple[str, int | None, str]:
 # ---------------------------------------------------------------------------- resolution + checks
 
 
-def _fields(model_cls: type[BaseModel]) -> set[str]:
-    return set(model_cls.model_fields)
-
-
 def _resolve_settings(
     cfg: StudyConfig, model_cls: type[BaseModel], settings: dict, required: dict, drop: tuple[str, ...], loc: tuple
 ) -> dict[str, Any]:
@@ -349,7 +345,7 @@ def _resolve_settings(
         key = err["loc"][0] if err["loc"] else None
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         if err["type"] == "extra_forbidden":
-            known = sorted(_fields(model_cls) - set(required) - set(drop))
+            known = sorted(set(model_cls.model_fields) - set(required) - set(drop))
             msg += f" (known: {', '.join(known)})"
         where = cfg.where(*loc, key) if key in settings else cfg.where(*loc)
         raise CotdistillError(f"{where}: {'.'.join(map(str, loc))}.{key}: {msg}") from None
@@ -413,8 +409,6 @@ def _resolve_supervision(
     cfg: StudyConfig, entry: str | dict, dataset_hint: str | None, loc: tuple, data_dir: Path | None, cache: dict
 ) -> list[tuple[str | None, Supervision]]:
     """Expand one supervision entry into (dataset it is tied to or None, Supervision) items, checking each exists."""
-    from cotdistill import data
-
     if isinstance(entry, dict):
         from cotdistill import teach
 
@@ -645,25 +639,20 @@ def run_cell(cell: Cell, study_dir: Path, data_dir: Path | None = None, progress
             source = sup.name
         mdir = Path(study_dir) / "models" / cell.model_slug
         tcfg_kwargs = dict(cell.train or {})
-        tcfg_kwargs.update(student=cell.student, data=source, out=str(mdir), seed=cell.seed)
-        fields = train.TrainConfig.model_fields
-        if "resume" in fields:
-            tcfg_kwargs["resume"] = True
-        if "data_dir" in fields and data_dir is not None:
-            tcfg_kwargs["data_dir"] = str(data_dir)
-        t_train = time.time()
+        # resume: a half-trained model (the study was killed) continues from its last checkpoint.
+        tcfg_kwargs.update(student=cell.student, data=source, out=str(mdir), seed=cell.seed, resume=True,
+                           data_dir=str(data_dir) if data_dir else None, quiet=True)
         result = train.train(train.TrainConfig(**tcfg_kwargs), progress=_stage_progress(progress, "train"))
-        model = str(_get(result, "model_dir", "out", default=mdir))
+        model = str(result.out)
         train_info = {
-            "train_examples": _get(result, "examples", "train_examples", "n_examples"),
-            "train_seconds": _get(result, "seconds", "train_seconds", default=time.time() - t_train),
-            "train_tokens_per_s": _get(result, "tokens_per_s", "train_tokens_per_s"),
-            "final_loss": _get(result, "final_loss", "loss"),
+            "train_examples": result.n_examples,
+            "train_seconds": result.seconds,  # a model trained earlier reports its own training time
+            "train_tokens_per_s": result.tokens_per_s,
+            "final_loss": result.final_loss,
         }
     ecfg_kwargs = dict(cell.eval)
-    ecfg_kwargs.update(model=model, dataset=cell.dataset, out=str(cdir / "eval"))
-    if "data_dir" in evaluate.EvalConfig.model_fields and data_dir is not None:
-        ecfg_kwargs["data_dir"] = str(data_dir)
+    ecfg_kwargs.update(model=model, dataset=cell.dataset, out=str(cdir / "eval"),
+                       data_dir=str(data_dir) if data_dir else None, quiet=True)
     summary = evaluate.evaluate(evaluate.EvalConfig(**ecfg_kwargs), progress=_stage_progress(progress, "eval"))
     row = results_row(cell, "done", summary=summary, train_info=train_info, model=model)
     row["cell_seconds"] = round(time.time() - t0, 1)

@@ -73,11 +73,19 @@ def synthetic_study(tmp_path_factory, tiny_student, tiny_chat_student, data_dir)
         rows.append(row)
     rows.append(study.results_row(cells[0].model_copy(update={"seed": 7}), "failed", error="CotdistillError: boom"))
     study.write_results(out, rows)
+    # The report is written once, through the CLI command (in-process: typer's runner).
+    from typer.testing import CliRunner
+
+    from cotdistill.cli import app
+
+    r = CliRunner().invoke(app, ["report", str(out)])
+    assert r.exit_code == 0, r.output
+    assert f"report: {(out / 'report.html').resolve()}" in r.output
     return out
 
 
 def test_report_sections_tests_and_files(synthetic_study):
-    html_path = report.write_report(synthetic_study)
+    html_path = synthetic_study / "report.html"
     md = (synthetic_study / "report.md").read_text()
     for heading in ("## Results", "accuracy vs. granularity (finding 1)", "rationale format at a fixed level (finding 2)",
                     "teachers (finding 3)", "baselines (answer-only, human, zero-shot)",
@@ -113,7 +121,6 @@ def test_report_sections_tests_and_files(synthetic_study):
 
 
 def test_supervision_metrics_and_correlations(synthetic_study):
-    report.write_report(synthetic_study)
     with open(synthetic_study / "supervision_metrics.csv") as f:
         sm = list(csv.DictReader(f))
     # 7 rationale sets + answer-only, each measured with both students' tokenizers.
@@ -128,13 +135,6 @@ def test_supervision_metrics_and_correlations(synthetic_study):
     assert int(corr["length_mean"]["n"]) == 16 and -1 <= float(corr["length_mean"]["spearman"]) <= 1
 
 
-def test_report_cli_and_bad_folder(synthetic_study, tmp_path):
-    from typer.testing import CliRunner
-
-    from cotdistill.cli import app
-
-    r = CliRunner().invoke(app, ["report", str(synthetic_study)])
-    assert r.exit_code == 0, r.output
-    assert f"report: {(synthetic_study / 'report.html').resolve()}" in r.output
+def test_report_of_a_folder_that_is_no_study(tmp_path):
     with pytest.raises(CotdistillError, match="not a study folder"):
         report.write_report(tmp_path)

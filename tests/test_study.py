@@ -280,3 +280,18 @@ def test_live_view_shows_counts_stage_and_time_left(tmp_path, tiny_student, data
     assert "2 done · 1 running · 0 failed · 4 left" in text
     assert "train" in text and "3/12" in text and cells[2].label() in text
     assert "left 8:1" in text or "left 8:2" in text  # about 5 cells x 100 s minus the current cell's seconds
+
+
+def test_teacher_spec_is_validated_against_teach_config(tmp_path, tiny_student, data_dir):
+    body = ("datasets: [svamp]\nstudents: [STUDENT]\nsupervision:\n"
+            "  - {teacher: 'hf:STUDENT', level: 3, format: subquestions, samples: 2, temperature: 0.7}\n")
+    cells = study.expand_cells(study.load_study(make_study(tmp_path, tiny_student, body)), data_dir)
+    sup = cells[0].supervision
+    assert (sup.kind, sup.teacher, sup.level, sup.format) == ("teacher", "student", 3, "subquestions")
+    assert sup.spec["samples"] == 2
+    bad = body.replace("temperature: 0.7", "temprature: 0.7")
+    with pytest.raises(CotdistillError, match=r"study.yaml:4: supervision.0.temprature: unknown key"):
+        study.expand_cells(study.load_study(make_study(tmp_path, tiny_student, bad)), data_dir)
+    with pytest.raises(CotdistillError, match=r"study.yaml:4: .*level"):
+        study.expand_cells(study.load_study(make_study(tmp_path, tiny_student, body.replace("level: 3", "level: 9"))),
+                           data_dir)
