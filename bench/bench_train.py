@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -91,6 +92,7 @@ def worker_ours(a) -> dict:
     gpu = _peak_gpu_mib()
     model = AutoModelForCausalLM.from_pretrained(out / "run").to(students.resolve_device(a.device))
     _, tok, examples = _examples(a)
+    shutil.rmtree(out, ignore_errors=True)  # the saved model is GBs
     return {"tokens": r.tokens, "seconds": r.train_seconds, "tokens_per_s": r.tokens / r.train_seconds,
             "peak_rss_mib": rss, "peak_gpu_mib": gpu, "trainer_mean_loss": r.train_loss, "last_step_loss": r.final_loss,
             "final_train_loss": _final_loss(model, examples, tok.pad_token_id), "steps": r.steps}
@@ -120,6 +122,7 @@ def worker_baseline(a) -> dict:
     t0 = time.monotonic()
     output = trainer.train()
     seconds = time.monotonic() - t0
+    shutil.rmtree(out, ignore_errors=True)
     rss = _peak_rss_mib()
     gpu = _peak_gpu_mib()
     tokens = int(trainer.state.num_input_tokens_seen)
