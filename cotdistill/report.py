@@ -538,7 +538,8 @@ def _granularity_section(doc: Doc, dataset: str, conds: list[Condition], fig_dir
                   + _shape(cs))  # fmt: skip
             tests.append([student] + _test_row(best, worst))
         for a, b in zip(cs, cs[1:]):
-            tests.append([student] + _test_row(b, a))
+            if {a.level, b.level} != {best.level, worst.level}:  # that pair is already in the table
+                tests.append([student] + _test_row(b, a))
     students = sorted({s for s, _ in best_levels})
     if len(students) > 1:
         doc.p("Best level per student: " + "; ".join(f"{s} ({t}): level {lvl}" for (s, t), lvl in sorted(best_levels.items()))
@@ -555,9 +556,9 @@ def _shape(cs: list[Condition]) -> str:
         return ""
     diffs = [b - a for a, b in zip(accs, accs[1:])]
     if all(d >= 0 for d in diffs):
-        return "Accuracy rises with the level (monotone)."
+        return "Accuracy never falls as the level rises (monotone)."
     if all(d <= 0 for d in diffs):
-        return "Accuracy falls as the level rises (monotone)."
+        return "Accuracy never rises with the level (monotone)."
     return "The curve is not monotone in the level."
 
 

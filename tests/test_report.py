@@ -94,7 +94,7 @@ def test_report_sections_tests_and_files(synthetic_study):
     # Finding 1 in words: each student's optimum, and that they differ.
     assert "**strong** on chatgpt rationales: best at level 6 (90.0 %), worst at level 1 (20.0 %)" in md
     assert "**weak** on chatgpt rationales: best at level 1 (60.0 %), worst at level 6 (25.0 %)" in md
-    assert "Accuracy rises with the level (monotone)." in md and "Accuracy falls as the level rises" in md
+    assert "Accuracy never falls as the level rises (monotone)." in md and "Accuracy never rises with the level" in md
     # strong L6 vs L1: nested correct sets -> 14 discordant pairs all one way: exact McNemar 2 * 0.5**14.
     row = next(line for line in md.splitlines() if line.startswith("| strong | chatgpt L6 | chatgpt L1 |"))
     assert "14/0" in row and f"{2 * 0.5**14:.1e}" in row and row.endswith("| 20 | yes |")
