@@ -1,3 +1,0 @@
-from cotdistill.cli import main
-
-main()
