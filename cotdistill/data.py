@@ -386,7 +386,8 @@ def load_manifest() -> dict:
     return json.loads(resources.files("cotdistill").joinpath("data_manifest.json").read_text(encoding="utf-8"))
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     import hashlib
 
     h = hashlib.sha256()
@@ -442,7 +443,7 @@ def fetch(to: Path, base_url: str | None = None, only: list[str] | None = None, 
         raise CotdistillError(f"--only {' '.join(only)} matches no file of the manifest (paths look like cot/SVAMP_only_ans.json)")
     for e in entries:
         dest = to / e["path"]
-        if dest.is_file() and (e["sha256"] is None or _sha256_file(dest) == e["sha256"]):
+        if dest.is_file() and (e["sha256"] is None or sha256_file(dest) == e["sha256"]):
             result.skipped.append(e["path"])
         else:
             try:

@@ -453,6 +453,7 @@ def grade_file(path, out=None, data_dir=None) -> GradeFileResult:
     <path>.graded.jsonl), atomically, with provenance beside it."""
     from pathlib import Path
 
+    from cotdistill.benchmarks._files import iter_json_lines
     from cotdistill.provenance import atomic_write_text, write_provenance
 
     path = Path(path)
@@ -467,16 +468,8 @@ def grade_file(path, out=None, data_dir=None) -> GradeFileResult:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise CotdistillError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, rec in iter_json_lines(text, str(path)):
         at = f"{path}:{lineno}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CotdistillError(f"{at}: malformed JSON line ({e.msg}, column {e.colno})") from None
-        if not isinstance(rec, dict):
-            raise CotdistillError(f"{at}: expected a JSON object, got {type(rec).__name__}")
         if not isinstance(rec.get("response"), str):
             raise CotdistillError(f"{at}: field 'response' missing or not a string")
         if "gold" in rec and "kind" in rec:

@@ -14,6 +14,7 @@ import json
 import math
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,8 +226,9 @@ def compare(a: Condition, b: Condition) -> metrics.PairedTest:
     return metrics.paired_test(xa, xb)
 
 
-def _test_row(a: Condition, b: Condition) -> list[str]:
-    t = compare(a, b)
+def _test_row(a: Condition, b: Condition, t: metrics.PairedTest | None = None) -> list[str]:
+    """A row of TEST_HEADERS; pass `t` when compare(a, b) was already computed (it bootstraps)."""
+    t = t or compare(a, b)
     verdict = "yes" if t.mcnemar_p < ALPHA else "no"
     return [
         a.name, b.name, _pct(t.acc_a), _pct(t.acc_b), f"{100 * t.diff:+.1f} [{100 * t.diff_ci_low:+.1f}, {100 * t.diff_ci_high:+.1f}]",
@@ -536,7 +538,7 @@ def _granularity_section(doc: Doc, dataset: str, conds: list[Condition], fig_dir
                   f"worst at level {worst.level} ({_pct(worst.accuracy)} %); the difference "
                   f"{'is' if t.mcnemar_p < ALPHA else 'is not'} significant (McNemar p = {_p(t.mcnemar_p)}, n = {t.n}). "
                   + _shape(cs))  # fmt: skip
-            tests.append([student] + _test_row(best, worst))
+            tests.append([student] + _test_row(best, worst, t))
         for a, b in zip(cs, cs[1:]):
             if {a.level, b.level} != {best.level, worst.level}:  # that pair is already in the table
                 tests.append([student] + _test_row(b, a))
@@ -562,13 +564,18 @@ def _shape(cs: list[Condition]) -> str:
     return "The curve is not monotone in the level."
 
 
-def _format_section(doc: Doc, dataset: str, conds: list[Condition], fig_dir: Path) -> None:
-    """Finding 2: rationale formats at a fixed level."""
+def _groups_that_vary(conds: list[Condition], key: Callable, varying: Callable) -> dict[tuple, list[Condition]]:
+    """Trained (non-baseline, levelled) conditions grouped by `key`, keeping groups where `varying` takes >= 2 values."""
     groups: dict[tuple, list[Condition]] = defaultdict(list)
     for c in conds:
         if c.teacher not in BASELINES and c.level is not None:
-            groups[(c.teacher, c.level)].append(c)
-    groups = {k: v for k, v in groups.items() if len({c.format for c in v}) >= 2}
+            groups[key(c)].append(c)
+    return {k: v for k, v in groups.items() if len({varying(c) for c in v}) >= 2}
+
+
+def _format_section(doc: Doc, dataset: str, conds: list[Condition], fig_dir: Path) -> None:
+    """Finding 2: rationale formats at a fixed level."""
+    groups = _groups_that_vary(conds, lambda c: (c.teacher, c.level), lambda c: c.format)
     if not groups:
         return
     doc.h(2, f"{dataset}: rationale format at a fixed level (finding 2)")
@@ -588,7 +595,7 @@ def _format_section(doc: Doc, dataset: str, conds: list[Condition], fig_dir: Pat
                 if c is ref:
                     continue
                 t = compare(c, ref)
-                tests.append([student] + _test_row(c, ref))
+                tests.append([student] + _test_row(c, ref, t))
                 if t.mcnemar_p < ALPHA:
                     sig.append(c.format)
             doc.p(f"**{student}**, {teacher} level {level}: accuracy across formats spans {100 * spread:.1f} points; "
@@ -600,11 +607,7 @@ def _format_section(doc: Doc, dataset: str, conds: list[Condition], fig_dir: Pat
 
 def _teacher_section(doc: Doc, dataset: str, conds: list[Condition], fig_dir: Path, sup_metrics: list[dict]) -> None:
     """Finding 3: teachers at a fixed level and format; is the most accurate teacher the best one?"""
-    groups: dict[tuple, list[Condition]] = defaultdict(list)
-    for c in conds:
-        if c.teacher not in BASELINES and c.level is not None:
-            groups[(c.level, c.format)].append(c)
-    groups = {k: v for k, v in groups.items() if len({c.teacher for c in v}) >= 2}
+    groups = _groups_that_vary(conds, lambda c: (c.level, c.format), lambda c: c.teacher)
     if not groups:
         return
     doc.h(2, f"{dataset}: teachers (finding 3)")

@@ -301,14 +301,6 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)[:80]
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 _LEVEL = re.compile(r"level_?(\d+)", re.I)
 
 
@@ -409,6 +401,8 @@ def _resolve_supervision(
     cfg: StudyConfig, entry: str | dict, dataset_hint: str | None, loc: tuple, data_dir: Path | None, cache: dict
 ) -> list[tuple[str | None, Supervision]]:
     """Expand one supervision entry into (dataset it is tied to or None, Supervision) items, checking each exists."""
+    from cotdistill.data import sha256_file
+
     if isinstance(entry, dict):
         from cotdistill import teach
 
@@ -455,7 +449,7 @@ def _resolve_supervision(
                     Supervision(
                         kind="path",
                         name=str(path.resolve()),
-                        sha256=_file_sha256(path),
+                        sha256=sha256_file(path),
                         teacher=_safe(str(meta.get("teacher") or path.stem)),
                         level=meta.get("level"),
                         format=str(meta.get("format") or "cot"),

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from cotdistill.benchmarks._files import iter_json_lines
 from cotdistill.cache import ResponseCache, canonical_json, default_cache_path, request_key
 from cotdistill.errors import CotdistillError
 from cotdistill.prompts import TeacherPrompt, check_level_format, teacher_prompt
@@ -115,14 +116,8 @@ def _question_file(path: Path, limit: int | None) -> list[Question]:
     if not path.is_file():
         raise CotdistillError(f"question file {path} does not exist")
     out: list[Question] = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CotdistillError(f"{path}:{n}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict) or not str(row.get("question") or "").strip():
+    for n, row in iter_json_lines(path.read_text(encoding="utf-8"), str(path)):
+        if not str(row.get("question") or "").strip():
             raise CotdistillError(f"{path}:{n}: needs a non-empty 'question'")
         gold = row.get("gold", row.get("answer"))
         if gold is None or not str(gold).strip():

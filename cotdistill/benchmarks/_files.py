@@ -11,6 +11,7 @@ import json
 import os
 import re
 import zlib
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -82,6 +83,14 @@ def parse_records(text: str, where: str) -> list[dict]:
                 raise CotdistillError(f"{where}: record {i} is {type(r).__name__}, expected a JSON object")
         return records
     records = []
+    for lineno, r in iter_json_lines(text, where):
+        r["_line"] = lineno
+        records.append(r)
+    return records
+
+
+def iter_json_lines(text: str, where: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON-lines text; errors name where:line."""
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -91,9 +100,7 @@ def parse_records(text: str, where: str) -> list[dict]:
             raise CotdistillError(f"{where}:{lineno}: malformed JSON line ({e.msg}, column {e.colno})") from None
         if not isinstance(r, dict):
             raise CotdistillError(f"{where}:{lineno}: expected a JSON object, got {type(r).__name__}")
-        r["_line"] = lineno
-        records.append(r)
-    return records
+        yield lineno, r
 
 
 @lru_cache(maxsize=32)
