@@ -6,7 +6,8 @@
     (mean response-token loss of the final model over the training examples, same function);
 (b) peak RSS of the same runs (each run is its own subprocess, so peak RSS is clean);
 (c) evaluation generated tokens/s: ours (cotdistill.evaluate.generate_batch: left padded, sorted,
-    per-row answer stop) vs a loop calling `generate` one question at a time; answers compared;
+    finished rows leave the batch) vs a loop calling `generate` one question at a time with the
+    same stops (end token, or the answer stated); answers compared;
 (d) achieved training FLOP/s (6*N*tokens + attention) as a share of a matmul peak measured here.
 
 Runs alternate baseline/ours so machine contention hits both. Usage:
@@ -77,7 +78,7 @@ def _final_loss(model, examples, pad_id) -> float:
     return total / count
 
 
-def worker_ours(a) -> dict:
+def worker_ours(a, group_by_length: bool = True) -> dict:
     from transformers import AutoModelForCausalLM
 
     from cotdistill import students
@@ -86,7 +87,8 @@ def worker_ours(a) -> dict:
     out = Path(tempfile.mkdtemp(prefix="bench-ours-"))
     cfg = T.TrainConfig(student=a.student, data=a.data, out=out / "run", limit=a.n, epochs=a.epochs,
                         batch_size=a.batch_size, grad_accum=a.grad_accum, seed=a.seed, save_steps=10**6,
-                        quiet=True, device=a.device, dtype=a.dtype, overwrite=True)
+                        quiet=True, device=a.device, dtype=a.dtype, overwrite=True,
+                        gradient_checkpointing=a.gradient_checkpointing, group_by_length=group_by_length)
     r = T.train(cfg)
     rss = _peak_rss_mib()  # before re-loading the model for the loss check
     gpu = _peak_gpu_mib()
@@ -98,7 +100,7 @@ def worker_ours(a) -> dict:
             "final_train_loss": _final_loss(model, examples, tok.pad_token_id), "steps": r.steps}
 
 
-def worker_baseline(a) -> dict:
+def worker_baseline(a, data_seed: int | None = None) -> dict:
     """Plain Trainer, fp32, random order, pad-to-longest, full-vocabulary logits (model's own loss)."""
     import torch
     from transformers import Trainer, TrainingArguments
@@ -114,7 +116,7 @@ def worker_baseline(a) -> dict:
     args = TrainingArguments(
         output_dir=out, num_train_epochs=a.epochs, learning_rate=5e-5, lr_scheduler_type="cosine",
         per_device_train_batch_size=max(1, a.batch_size // accum), gradient_accumulation_steps=accum,
-        seed=a.seed, data_seed=a.seed, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+        seed=a.seed, data_seed=a.seed if data_seed is None else data_seed, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
         remove_unused_columns=False, use_cpu=a.device in ("cpu", "auto") and not torch.cuda.is_available(),
         include_num_input_tokens_seen="non_padding",
     )
@@ -150,13 +152,16 @@ def worker_eval(a) -> dict:
     stops = students.stop_token_ids(tok)
     stop_set = set(stops) | {tok.pad_token_id}
 
+    from transformers import StoppingCriteriaList
+
     t0 = time.monotonic()
     single = []
     with torch.inference_mode():
-        for p in prompts:
+        for p in prompts:  # plain `generate`, same stops: end token, or the answer stated
             ids = torch.tensor([p], device=model.device)
             o = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=a.max_new_tokens,
                                do_sample=False, eos_token_id=stops, pad_token_id=tok.pad_token_id,
+                               stopping_criteria=StoppingCriteriaList([E._answer_stop_criteria(tok, len(p))]),
                                top_p=None, top_k=None, temperature=None)
             single.append(E._split_generation(tok, o[0, len(p):].tolist(), stop_set))
     t_single = time.monotonic() - t0
@@ -236,13 +241,21 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--eval-n", type=int, default=16)
     ap.add_argument("--eval-batch", type=int, default=16)
-    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--max-new-tokens", type=int, default=320, help="eval: the `cotdistill eval` default")
+    ap.add_argument("--gradient-checkpointing", action="store_true", help="ours recomputes layer activations")
+    ap.add_argument("--same-order-check", action="store_true",
+                    help="also train ours in the baseline's random order: its final loss must match the baseline's")
+    ap.add_argument("--order-noise", action="store_true",
+                    help="also train the baseline with another data order (data seed + 1): how far order alone moves the final loss")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-eval", action="store_true")
-    ap.add_argument("--worker", choices=["ours", "baseline", "eval"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["ours", "ours_random", "baseline", "baseline_reordered", "eval"],
+                    help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        fn = {"ours": worker_ours, "baseline": worker_baseline, "eval": worker_eval}[a.worker]
+        fn = {"ours": worker_ours, "ours_random": lambda a: worker_ours(a, group_by_length=False),
+              "baseline": worker_baseline, "baseline_reordered": lambda a: worker_baseline(a, data_seed=a.seed + 1),
+              "eval": worker_eval}[a.worker]
         print(json.dumps(fn(a)))
         return
 
@@ -270,6 +283,13 @@ def main() -> None:
         print(f"    final train loss: ours {o['final_train_loss']:.4f} vs baseline {b['final_train_loss']:.4f} "
               f"({100 * (o['final_train_loss'] / b['final_train_loss'] - 1):+.2f} %); "
               f"Trainer mean loss {o['trainer_mean_loss']:.4f} vs {b['trainer_mean_loss']:.4f}")
+        extra = [("ours_random", "ours_random_order", "same-order check (ours in the baseline's random order)")] * \
+            a.same_order_check + [("baseline_reordered", "baseline_reordered", f"order noise (baseline, data seed {a.seed + 1})")] * \
+            a.order_noise
+        for worker, key, label in extra:
+            r = res[key] = run_worker(worker, a)
+            print(f"    {label}: final train loss {r['final_train_loss']:.6f} vs baseline {b['final_train_loss']:.6f} "
+                  f"({100 * (r['final_train_loss'] / b['final_train_loss'] - 1):+.3f} %)")
         print(f"(b) peak RSS: ours {o['peak_rss_mib']:.0f} MiB vs baseline {b['peak_rss_mib']:.0f} MiB "
               f"-> {o['peak_rss_mib'] / b['peak_rss_mib']:.2f}x")
         if o.get("peak_gpu_mib"):

@@ -2,8 +2,10 @@
 
 What makes it fast and small (see bench/): length-grouped batches with dynamic padding, logits
 and loss only at response positions (a pre-hook on lm_head gathers those hidden states first,
-so the vocabulary projection never runs on prompt or padding tokens), bf16 autocast where the
-hardware runs it natively. Checkpoints are complete only once trainer_state.json is written,
+so the vocabulary projection never runs on prompt or padding tokens), computed a chunk of rows
+at a time with their gradients (no [tokens, vocabulary] tensor is ever held: with a 262k
+vocabulary that tensor is most of a plain Trainer's memory), optional gradient checkpointing,
+bf16 autocast where the hardware runs it natively. Checkpoints are complete only once trainer_state.json is written,
 so `--resume` after Ctrl-C or kill -9 restarts from the last complete one; the run folder gets
 its model files and, written last, provenance.json (the "done" marker).
 """
@@ -29,7 +31,7 @@ from cotdistill.provenance import atomic_write_text, write_provenance
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
 
 # Fields that do not change what a run computes (so they are left out of its identity).
-_NOT_IDENTITY = {"out", "resume", "overwrite", "device", "data_dir", "save_steps", "quiet"}
+_NOT_IDENTITY = {"out", "resume", "overwrite", "device", "data_dir", "save_steps", "quiet", "gradient_checkpointing"}
 
 
 class TrainConfig(BaseModel):
@@ -54,6 +56,8 @@ class TrainConfig(BaseModel):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps with linear warm-up.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    gradient_checkpointing: bool = Field(False, description="Recompute each layer's activations in the backward pass: less memory, about 30 % slower.")
+    group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding); off: random order, as a plain Trainer.")
     save_steps: int | None = Field(None, ge=1, description="Checkpoint every N optimizer steps; default: about 10 per run.")
     resume: bool = Field(False, description="Continue an unfinished run of the same config from its last checkpoint.")
     overwrite: bool = Field(False, description="Replace a different run that already occupies `out`.")
@@ -142,27 +146,116 @@ class PadCollator:
 
 
 class ResponseOnlyHead:
-    """Make lm_head run only on the hidden states that predict a response token.
+    """Make the vocabulary projection run only on the hidden states that predict a response token.
 
-    A forward pre-hook on the output projection replaces its [B, T, H] input with the [N, H] rows
-    selected by `mask` (set just before each forward), so the model returns [N, V] logits; the
-    model's own forward (incl. DDP/FSDP wrappers and any logit soft-capping) is otherwise intact.
+    A forward pre-hook on the output layer keeps the [N, H] rows selected by `mask` (set just
+    before each forward) in `hidden` and hands the layer an empty input, so the model's own
+    forward (incl. DDP wrappers) runs unchanged but produces no logits; `response_loss` then
+    projects and scores those rows in chunks (`chunked_linear_cross_entropy`). With `fused=False`
+    (FSDP, or an output layer that is not a plain Linear) the layer gets the [N, H] rows instead
+    and the model returns [N, V] logits.
     """
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, fused: bool = True):
+        import torch
+
         self.mask = None
-        head = model.get_output_embeddings()
-        if head is None:
+        self.hidden = None
+        self.head = model.get_output_embeddings()
+        if self.head is None:
             raise CotdistillError(f"student {type(model).__name__} has no output embedding layer")
-        self._handle = head.register_forward_pre_hook(self._gather)
+        config = getattr(model.config, "text_config", model.config)
+        self.softcap = getattr(config, "final_logit_softcapping", None)
+        self.fused = fused and type(self.head) is torch.nn.Linear
+        self._handle = self.head.register_forward_pre_hook(self._gather)
 
     def _gather(self, module: Any, args: tuple) -> tuple | None:
         if self.mask is None:
             return None
-        return (args[0][self.mask],) + tuple(args[1:])
+        rows = args[0][self.mask]
+        if not self.fused:
+            return (rows,) + tuple(args[1:])
+        self.hidden = rows
+        return (rows[:0],) + tuple(args[1:])
 
     def remove(self) -> None:
         self._handle.remove()
+
+
+_LCE = None
+
+
+def _linear_ce_function():
+    """The autograd Function behind `chunked_linear_cross_entropy` (built once; torch loads lazily).
+
+    Its forward walks `chunk` rows at a time and computes the loss *and* its gradients for the
+    hidden states and the weight right away (softmax minus one-hot), so only one chunk of logits
+    ever exists and nothing is recomputed; its backward just scales the stored gradients.
+    """
+    global _LCE
+    if _LCE is not None:
+        return _LCE
+    import torch
+
+    class LinearCE(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, hidden, weight, bias, target, softcap, chunk):
+            need_h, need_w, need_b = ctx.needs_input_grad[:3]
+            grad_h = torch.zeros_like(hidden) if need_h else None
+            grad_w = torch.zeros_like(weight) if need_w else None
+            grad_b = torch.zeros_like(bias) if need_b else None
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            dev = hidden.device.type
+            mm_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else weight.dtype
+            w = weight.to(mm_dtype)
+            for s in range(0, hidden.shape[0], chunk):
+                h, t = hidden[s : s + chunk].to(mm_dtype), target[s : s + chunk]
+                z = torch.nn.functional.linear(h, w, None if bias is None else bias.to(mm_dtype)).float()
+                if softcap:
+                    tanh = torch.tanh(z / softcap)
+                    z = tanh * softcap
+                z_t = z.gather(1, t[:, None])
+                top = z.amax(dim=-1, keepdim=True)
+                g = z.sub_(top).exp_()  # in place of the logits: one exp pass, no [rows, V] temporary
+                norm = g.sum(dim=-1, keepdim=True)
+                total += (norm.log() + top - z_t).sum()  # log-sum-exp minus the target's logit
+                g.div_(norm)  # softmax
+                g[torch.arange(len(t), device=g.device), t] -= 1
+                if softcap:
+                    g.mul_(1 - tanh * tanh)
+                    del tanh
+                if grad_b is not None:
+                    grad_b += g.sum(0)
+                g = g.to(mm_dtype)
+                if grad_h is not None:
+                    grad_h[s : s + chunk] = g @ w
+                if grad_w is not None and grad_w.dtype == mm_dtype:
+                    grad_w.addmm_(g.t(), h)  # in place: no [V, H] temporary per chunk
+                elif grad_w is not None:
+                    grad_w += g.t() @ h
+            # Kept on ctx, not saved_tensors: the backward hands over the only reference, so
+            # autograd adopts the [V, H] buffer as .grad instead of copying it.
+            ctx.grads = [grad_h, grad_w, grad_b]
+            return total
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            grads, ctx.grads = ctx.grads, None
+            grads = [None if g is None else g.mul_(grad_out) for g in grads]
+            return grads[0], grads[1], grads[2], None, None, None
+
+    _LCE = LinearCE
+    return _LCE
+
+
+def chunked_linear_cross_entropy(hidden: Any, head: Any, target: Any, softcap: float | None = None,
+                                 chunk: int | None = None) -> Any:
+    """Summed next-token cross-entropy of `head(hidden)` against `target`, chunked over rows.
+
+    Default chunk: 128 MiB of fp32 logits (128 rows for a 262k vocabulary).
+    """
+    chunk = chunk or max(16, (1 << 25) // head.weight.shape[0])
+    return _linear_ce_function().apply(hidden, head.weight, head.bias, target, softcap, chunk)
 
 
 def response_loss(model: Any, head: ResponseOnlyHead, inputs: dict, num_items: Any | None) -> Any:
@@ -177,10 +270,13 @@ def response_loss(model: Any, head: ResponseOnlyHead, inputs: dict, num_items: A
     head.mask = mask
     try:
         out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        hidden, head.hidden = head.hidden, None
     finally:
         head.mask = None
-    logits = out.logits
-    loss = F.cross_entropy(logits.float(), target[target != -100], reduction="sum")
+    if head.fused:
+        loss = chunked_linear_cross_entropy(hidden, head.head, target[target != -100], head.softcap)
+    else:
+        loss = F.cross_entropy(out.logits.float(), target[target != -100], reduction="sum")
     denom = num_items if num_items is not None else max(int(mask.sum()), 1)
     return loss / denom
 
@@ -367,7 +463,8 @@ def _training_args(cfg: TrainConfig, device: str, dtype: str, n_examples: int, c
         bf16=dtype == "bfloat16",
         fp16=dtype == "float16",
         use_cpu=device == "cpu",
-        train_sampling_strategy="group_by_length",
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        gradient_checkpointing=cfg.gradient_checkpointing,
         logging_steps=1,
         save_strategy="steps",
         save_steps=save_steps,
@@ -437,7 +534,7 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
         model=model, args=args, train_dataset=examples, data_collator=PadCollator(tok.pad_token_id),
         processing_class=tok,
     )
-    trainer._head = ResponseOnlyHead(trainer.model)
+    trainer._head = ResponseOnlyHead(trainer.model, fused=not trainer.is_fsdp_enabled)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)

@@ -101,3 +101,37 @@ def test_unknown_dataset_and_unfinished_model(tiny_student, tmp_path, data_dir):
     (unfinished / "run.json").write_text("{}")
     with pytest.raises(CotdistillError, match="unfinished training run"):
         E.evaluate(E.EvalConfig(model=str(unfinished), dataset="svamp", out=tmp_path / "e", data_dir=data_dir))
+
+
+def test_pruned_greedy_equals_generate_when_rows_finish_at_different_steps(tiny_chat_student):
+    """Rows that stop early leave the batch; the others must go on exactly as under `generate`."""
+    import torch
+
+    model, tok = students.load_student(tiny_chat_student, dtype="fp32", device="cpu")
+    torch.manual_seed(1)
+    with torch.no_grad():  # larger random weights: varied tokens instead of one repeated id
+        for prm in model.parameters():
+            if prm.dim() > 1:
+                prm.normal_(0, 0.5)
+    qs = ["What is 2+3?", "Tom has 12 apples. He eats 5. Left?", "7*8?", "A train goes 60 km in 2 hours. Speed?"]
+    prompts = [students.encode_prompt(tok, q) for q in qs]
+    cfg = E.EvalConfig(model="tiny", dataset="svamp", out=Path("unused"), max_new_tokens=16, stop_at_answer=False)
+    width = max(map(len, prompts))
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
+    mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
+    free = E._greedy_pruned(model, tok, ids, mask, cfg, [10**9])  # an id never generated: no row stops
+    stop = free[0][3]  # row 0 stops at its 4th token; rows without this token run on
+    pruned = E._greedy_pruned(model, tok, ids, mask, cfg, [stop])
+    assert len(pruned[0]) == 4 and len({len(r) for r in pruned}) > 1 and max(map(len, pruned)) == 16
+    ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16, do_sample=False, eos_token_id=[stop],
+                         pad_token_id=tok.pad_token_id, top_p=None, top_k=None, temperature=None)
+    for row, new in zip(ref, pruned):
+        assert row[width:].tolist()[: len(new)] == new
+
+
+def test_beam_search_runs_through_generate(tiny_chat_student):
+    model, tok = students.load_student(tiny_chat_student, dtype="fp32", device="cpu")
+    prompts = [students.encode_prompt(tok, q) for q in ["What is 2+3?", "7*8?"]]
+    cfg = E.EvalConfig(model="tiny", dataset="svamp", out=Path("unused"), max_new_tokens=6, beams=3)
+    out = E.generate_batch(model, tok, prompts, cfg)
+    assert len(out) == 2 and all(0 < n <= 6 and reason in ("eos", "answer", "length") for _, n, reason in out)

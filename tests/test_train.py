@@ -63,6 +63,46 @@ def test_response_only_loss_equals_full_logits_loss(tiny_chat_student):
     assert torch.allclose(g_ours, model.model.layers[0].mlp.up_proj.weight.grad, atol=1e-6)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_response_only_head_gives_the_full_logits_gradients(tiny_chat_student, fused):
+    """Both paths (chunked fused loss; gathered logits) match the model's own loss, tied embedding included."""
+    model, tok = students.load_student(tiny_chat_student, dtype="fp32", device="cpu")
+    batch = T.PadCollator(tok.pad_token_id)(T.tokenize_pairs(tok, PAIRS, 256)[0])
+    model(**batch).loss.backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    head = T.ResponseOnlyHead(model, fused=fused)
+    assert head.fused == fused
+    T.response_loss(model, head, batch, None).backward()
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, ref[n], atol=1e-6), n
+
+
+@pytest.mark.parametrize("softcap, bias", [(None, False), (30.0, True)])
+def test_chunked_linear_cross_entropy_matches_autograd(softcap, bias):
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=bias)
+    hidden = torch.randn(37, 16, requires_grad=True)
+    target = torch.randint(0, 50, (37,))
+    params = [hidden, head.weight] + ([head.bias] if bias else [])
+    logits = head(hidden)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    ref = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+    ref_grads = torch.autograd.grad(ref * 0.5, params)
+    ours = T.chunked_linear_cross_entropy(hidden, head, target, softcap, chunk=5)  # 8 chunks, the last short
+    grads = torch.autograd.grad(ours * 0.5, params)
+    assert torch.allclose(ours, ref, rtol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, atol=1e-5)
+
+
+def test_gradient_checkpointing_and_random_order_train(tiny_chat_student, tmp_path):
+    plain = T.train(_cfg(tiny_chat_student, tmp_path / "a", group_by_length=False))
+    ckpt = T.train(_cfg(tiny_chat_student, tmp_path / "b", group_by_length=False, gradient_checkpointing=True))
+    assert ckpt.final_loss == pytest.approx(plain.final_loss, rel=1e-4)
+
+
 def test_train_save_load_and_idempotence(tiny_chat_student, tmp_path):
     from transformers import AutoModelForCausalLM
 

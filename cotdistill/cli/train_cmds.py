@@ -55,6 +55,8 @@ def train_cmd(
     lora: Annotated[Optional[bool], typer.Option("--lora/--full", help="LoRA adapters instead of full fine-tuning.")] = None,
     max_length: Annotated[Optional[int], typer.Option(help="Longest prompt+response in tokens.")] = None,
     save_steps: Annotated[Optional[int], typer.Option(help="Checkpoint every N optimizer steps.")] = None,
+    gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing", help="Recompute activations in the backward: less memory, slower.")] = None,
+    group_by_length: Annotated[Optional[bool], typer.Option("--group-by-length/--random-order", help="Length-grouped batches (default) or the plain random order.")] = None,
     resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue an unfinished run from its last checkpoint.")] = None,
     overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace a different run in --out.")] = None,
     trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow hub model code.")] = None,
