@@ -47,14 +47,12 @@ def _peak_gpu_mib() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
-def _examples(a):
-    from cotdistill import students
+def _examples(a, tok):
+    """The first a.n examples of a.data, tokenised as training tokenises them."""
     from cotdistill import train as T
 
     pairs, _ = T.load_pairs(a.data, None, a.n)
-    tok = students.load_tokenizer(a.student)
-    examples, _, _ = T.tokenize_pairs(tok, pairs, 2048)
-    return pairs, tok, examples
+    return T.tokenize_pairs(tok, pairs, 2048)[0]
 
 
 def _final_loss(model, examples, pad_id) -> float:
@@ -64,10 +62,11 @@ def _final_loss(model, examples, pad_id) -> float:
     from cotdistill.train import PadCollator
 
     model.eval()
+    collate = PadCollator(pad_id)
     total, count = 0.0, 0
     with torch.inference_mode():
         for i in range(0, len(examples), 8):
-            b = PadCollator(pad_id)([{k: v for k, v in e.items()} for e in examples[i : i + 8]])
+            b = collate(examples[i : i + 8])
             b = {k: v.to(model.device) for k, v in b.items()}
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float()
             tgt = b["labels"][:, 1:]
@@ -93,7 +92,8 @@ def worker_ours(a, group_by_length: bool = True) -> dict:
     rss = _peak_rss_mib()  # before re-loading the model for the loss check
     gpu = _peak_gpu_mib()
     model = AutoModelForCausalLM.from_pretrained(out / "run").to(students.resolve_device(a.device))
-    _, tok, examples = _examples(a)
+    tok = students.load_tokenizer(a.student)
+    examples = _examples(a, tok)
     shutil.rmtree(out, ignore_errors=True)  # the saved model is GBs
     return {"tokens": r.tokens, "seconds": r.train_seconds, "tokens_per_s": r.tokens / r.train_seconds,
             "peak_rss_mib": rss, "peak_gpu_mib": gpu, "trainer_mean_loss": r.train_loss, "last_step_loss": r.final_loss,
@@ -108,15 +108,16 @@ def worker_baseline(a, data_seed: int | None = None) -> dict:
     from cotdistill import students
     from cotdistill.train import PadCollator
 
-    _, tok, examples = _examples(a)
     model, tok = students.load_student(a.student, dtype="float32", device="cpu")
+    examples = _examples(a, tok)
     model.config.use_cache = False
     accum = a.grad_accum or max(1, -(-a.batch_size // 8))
     out = tempfile.mkdtemp(prefix="bench-base-")
     args = TrainingArguments(
         output_dir=out, num_train_epochs=a.epochs, learning_rate=5e-5, lr_scheduler_type="cosine",
         per_device_train_batch_size=max(1, a.batch_size // accum), gradient_accumulation_steps=accum,
-        seed=a.seed, data_seed=a.seed if data_seed is None else data_seed, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+        seed=a.seed, data_seed=a.seed if data_seed is None else data_seed, logging_steps=1, save_strategy="no",
+        report_to="none", disable_tqdm=True,
         remove_unused_columns=False, use_cpu=a.device in ("cpu", "auto") and not torch.cuda.is_available(),
         include_num_input_tokens_seen="non_padding",
     )

@@ -94,6 +94,15 @@ def bootstrap_ci(correct: list[bool], n_boot: int = 2000, seed: int = 0) -> tupl
 # ----------------------------------------------------------------------------- generation
 
 
+# Only the tail of a generation can newly complete the phrase; 48 tokens cover "The answer is <long number>."
+_ANSWER_TAIL = 48
+
+
+def _answers_stated(tokenizer: Any, tails: Any) -> list[bool]:
+    """Per row of token ids (the last _ANSWER_TAIL generated): has it stated its answer?"""
+    return [ANSWER_STATED.search(t) is not None for t in tokenizer.batch_decode(tails, skip_special_tokens=True)]
+
+
 def _answer_stop_criteria(tokenizer: Any, prompt_width: int):
     import torch
     from transformers import StoppingCriteria
@@ -102,13 +111,8 @@ def _answer_stop_criteria(tokenizer: Any, prompt_width: int):
         """Per-row: True once the row's generated text has stated its answer."""
 
         def __call__(self, input_ids, scores, **kw):
-            new = input_ids[:, prompt_width:]
-            done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-            # Only the tail can newly complete the phrase; 48 tokens covers "The answer is <long number>."
-            texts = tokenizer.batch_decode(new[:, -48:], skip_special_tokens=True)
-            for i, t in enumerate(texts):
-                done[i] = ANSWER_STATED.search(t) is not None
-            return done
+            tails = input_ids[:, prompt_width:][:, -_ANSWER_TAIL:]
+            return torch.tensor(_answers_stated(tokenizer, tails), dtype=torch.bool, device=input_ids.device)
 
     return AnswerStated()
 
@@ -151,9 +155,8 @@ def _greedy_pruned(model: Any, tokenizer: Any, ids: Any, mask: Any, cfg: EvalCon
         for r, t in zip(rows, nxt.tolist()):
             new[r].append(t)
         done = torch.isin(nxt, stop_ids)
-        if cfg.stop_at_answer:  # only the tail can newly complete "The answer is X."
-            tails = tokenizer.batch_decode([new[r][-48:] for r in rows], skip_special_tokens=True)
-            done |= torch.tensor([ANSWER_STATED.search(t) is not None for t in tails], device=done.device)
+        if cfg.stop_at_answer:
+            done |= torch.tensor(_answers_stated(tokenizer, [new[r][-_ANSWER_TAIL:] for r in rows]), device=done.device)
         if step == cfg.max_new_tokens - 1 or bool(done.all()):
             break
         if bool(done.any()):

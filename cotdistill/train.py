@@ -5,13 +5,15 @@ and loss only at response positions (a pre-hook on lm_head gathers those hidden 
 so the vocabulary projection never runs on prompt or padding tokens), computed a chunk of rows
 at a time with their gradients (no [tokens, vocabulary] tensor is ever held: with a 262k
 vocabulary that tensor is most of a plain Trainer's memory), optional gradient checkpointing,
-bf16 autocast where the hardware runs it natively. Checkpoints are complete only once trainer_state.json is written,
-so `--resume` after Ctrl-C or kill -9 restarts from the last complete one; the run folder gets
-its model files and, written last, provenance.json (the "done" marker).
+bf16 autocast where the hardware runs it natively. Checkpoints are complete only once
+trainer_state.json is written, so `--resume` after Ctrl-C or kill -9 restarts from the last
+complete one; the run folder gets its model files and, written last, provenance.json (the
+"done" marker).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -56,7 +58,7 @@ class TrainConfig(BaseModel):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps with linear warm-up.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    gradient_checkpointing: bool = Field(False, description="Recompute each layer's activations in the backward pass: less memory, about 30 % slower.")
+    gradient_checkpointing: bool = Field(False, description="Recompute each layer's activations in the backward pass: less memory, slower (17 % for gemma3-270m on CPU, bench/RESULTS.md).")
     group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding); off: random order, as a plain Trainer.")
     save_steps: int | None = Field(None, ge=1, description="Checkpoint every N optimizer steps; default: about 10 per run.")
     resume: bool = Field(False, description="Continue an unfinished run of the same config from its last checkpoint.")
@@ -182,9 +184,7 @@ class ResponseOnlyHead:
         self._handle.remove()
 
 
-_LCE = None
-
-
+@functools.cache
 def _linear_ce_function():
     """The autograd Function behind `chunked_linear_cross_entropy` (built once; torch loads lazily).
 
@@ -192,9 +192,6 @@ def _linear_ce_function():
     hidden states and the weight right away (softmax minus one-hot), so only one chunk of logits
     ever exists and nothing is recomputed; its backward just scales the stored gradients.
     """
-    global _LCE
-    if _LCE is not None:
-        return _LCE
     import torch
 
     class LinearCE(torch.autograd.Function):
@@ -244,8 +241,7 @@ def _linear_ce_function():
             grads = [None if g is None else g.mul_(grad_out) for g in grads]
             return grads[0], grads[1], grads[2], None, None, None
 
-    _LCE = LinearCE
-    return _LCE
+    return LinearCE
 
 
 def chunked_linear_cross_entropy(hidden: Any, head: Any, target: Any, softcap: float | None = None,
