@@ -13,6 +13,7 @@ complete one; the run folder gets its model files and, written last, provenance.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -436,6 +437,11 @@ def write_loss_curve(out: Path, curve: list[dict]) -> None:
 # ----------------------------------------------------------------------------- main entry
 
 
+def _checkpointing_arg(args_cls: type) -> str:
+    names = {f.name for f in dataclasses.fields(args_cls)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def _training_args(cfg: TrainConfig, device: str, dtype: str, n_examples: int, ckpt_dir: Path):
     from transformers import TrainingArguments
 
@@ -460,7 +466,8 @@ def _training_args(cfg: TrainConfig, device: str, dtype: str, n_examples: int, c
         fp16=dtype == "float16",
         use_cpu=device == "cpu",
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        # newer transformers renamed it (the old name warns on every run); older releases know only the old one
+        **{_checkpointing_arg(TrainingArguments): cfg.gradient_checkpointing},
         logging_steps=1,
         save_strategy="steps",
         save_steps=save_steps,
