@@ -171,6 +171,14 @@ class ResponseOnlyHead:
         self.softcap = getattr(config, "final_logit_softcapping", None)
         self.fused = fused and type(self.head) is torch.nn.Linear
         self._handle = self.head.register_forward_pre_hook(self._gather)
+        # Tied embedding: its lookup gradient touches a few hundred rows, but the dense default
+        # builds (and page-faults in) a fresh zeroed [V, H] tensor per step, then adds it to the head's.
+        # As a sparse gradient it is added straight into the head's dense one, which always comes first.
+        emb = model.get_input_embeddings()
+        self._sparse_emb = (emb if self.fused and isinstance(emb, torch.nn.Embedding) and not emb.sparse
+                            and emb.weight is self.head.weight and emb.weight.requires_grad else None)
+        if self._sparse_emb is not None:
+            self._sparse_emb.sparse = True
 
     def _gather(self, module: Any, args: tuple) -> tuple | None:
         if self.mask is None:
@@ -183,6 +191,8 @@ class ResponseOnlyHead:
 
     def remove(self) -> None:
         self._handle.remove()
+        if self._sparse_emb is not None:
+            self._sparse_emb.sparse = False
 
 
 @functools.cache
@@ -199,8 +209,8 @@ def _linear_ce_function():
         @staticmethod
         def forward(ctx, hidden, weight, bias, target, softcap, chunk):
             need_h, need_w, need_b = ctx.needs_input_grad[:3]
-            grad_h = torch.zeros_like(hidden) if need_h else None
-            grad_w = torch.zeros_like(weight) if need_w else None
+            grad_h = torch.empty_like(hidden) if need_h else None  # every row is written below
+            grad_w = torch.empty_like(weight) if need_w else None  # the first chunk writes, later ones add
             grad_b = torch.zeros_like(bias) if need_b else None
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             dev = hidden.device.type
@@ -228,9 +238,17 @@ def _linear_ce_function():
                 if grad_h is not None:
                     grad_h[s : s + chunk] = g @ w
                 if grad_w is not None and grad_w.dtype == mm_dtype:
-                    grad_w.addmm_(g.t(), h)  # in place: no [V, H] temporary per chunk
+                    if s == 0:  # no separate zero-fill pass over [V, H]
+                        torch.mm(g.t(), h, out=grad_w)
+                    else:
+                        grad_w.addmm_(g.t(), h)  # in place: no [V, H] temporary per chunk
                 elif grad_w is not None:
-                    grad_w += g.t() @ h
+                    if s == 0:
+                        grad_w.copy_(g.t() @ h)
+                    else:
+                        grad_w += g.t() @ h
+            if hidden.shape[0] == 0:  # no response rows: nothing was written
+                grad_h, grad_w = (None if g is None else g.zero_() for g in (grad_h, grad_w))
             # Kept on ctx, not saved_tensors: the backward hands over the only reference, so
             # autograd adopts the [V, H] buffer as .grad instead of copying it.
             ctx.grads = [grad_h, grad_w, grad_b]

@@ -119,14 +119,16 @@ def test_pruned_greedy_equals_generate_when_rows_finish_at_different_steps(tiny_
     width = max(map(len, prompts))
     ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
     mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
-    free = E._greedy_pruned(model, tok, ids, mask, cfg, [10**9])  # an id never generated: no row stops
+    free = E._greedy_pruned(model, tok, prompts, cfg, [10**9])  # an id never generated: no row stops
     stop = free[0][3]  # row 0 stops at its 4th token; rows without this token run on
-    pruned = E._greedy_pruned(model, tok, ids, mask, cfg, [stop])
-    assert len(pruned[0]) == 4 and len({len(r) for r in pruned}) > 1 and max(map(len, pruned)) == 16
     ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16, do_sample=False, eos_token_id=[stop],
                          pad_token_id=tok.pad_token_id, top_p=None, top_k=None, temperature=None)
-    for row, new in zip(ref, pruned):
-        assert row[width:].tolist()[: len(new)] == new
+    # one prefill of the whole batch, and prompts prefilled in groups of 2 whose caches are merged
+    for rows in (len(prompts), 2):
+        pruned = E._greedy_pruned(model, tok, prompts, cfg, [stop], prefill_rows=rows)
+        assert len(pruned[0]) == 4 and len({len(r) for r in pruned}) > 1 and max(map(len, pruned)) == 16
+        for row, new in zip(ref, pruned):
+            assert row[width:].tolist()[: len(new)] == new
 
 
 def test_beam_search_runs_through_generate(tiny_chat_student):
@@ -135,3 +137,42 @@ def test_beam_search_runs_through_generate(tiny_chat_student):
     cfg = E.EvalConfig(model="tiny", dataset="svamp", out=Path("unused"), max_new_tokens=6, beams=3)
     out = E.generate_batch(model, tok, prompts, cfg)
     assert len(out) == 2 and all(0 < n <= 6 and reason in ("eos", "answer", "length") for _, n, reason in out)
+
+
+def test_finished_rows_are_replaced_by_the_last_live_rows():
+    order = E._drop_rows([False, True, False, True, False, False]).tolist()
+    assert order == [0, 4, 2, 5]  # rows 0 and 2 stay put; 4 and 5 fill the holes
+    assert E._drop_rows([True, False]).tolist() == [1] and E._drop_rows([False, True]).tolist() == [0]
+
+
+def test_pruned_greedy_equals_generate_with_sliding_window_layers():
+    """Gemma-3-style layers (sliding window + full attention) keep the plain DynamicCache path."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from cotdistill.testing import make_tiny_tokenizer
+
+    tok = make_tiny_tokenizer()
+    config = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=4,
+                              layer_types=["sliding_attention", "full_attention"], pad_token_id=tok.pad_token_id,
+                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(2)
+    model = Gemma3ForCausalLM(config).eval()
+    with torch.no_grad():  # varied tokens, not one repeated id
+        for prm in model.parameters():
+            if prm.dim() > 1:
+                prm.normal_(0, 0.1)
+    prompts = [tok(q)["input_ids"] for q in ["What is 2+3?", "Tom has 12 apples. He eats 5. Left?", "7*8?"]]
+    cfg = E.EvalConfig(model="tiny", dataset="svamp", out=Path("unused"), max_new_tokens=12, stop_at_answer=False)
+    free = E._greedy_pruned(model, tok, prompts, cfg, [10**9])
+    stop = free[1][2]
+    pruned = E._greedy_pruned(model, tok, prompts, cfg, [stop], prefill_rows=1)
+    assert len({len(r) for r in pruned}) > 1
+    width = max(map(len, prompts))
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
+    mask = (ids != tok.pad_token_id).long()
+    ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False, eos_token_id=[stop],
+                         pad_token_id=tok.pad_token_id, top_p=None, top_k=None, temperature=None)
+    for row, new in zip(ref, pruned):
+        assert row[width:].tolist()[: len(new)] == new

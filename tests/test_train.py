@@ -75,7 +75,22 @@ def test_response_only_head_gives_the_full_logits_gradients(tiny_chat_student, f
     assert head.fused == fused
     T.response_loss(model, head, batch, None).backward()
     for n, p in model.named_parameters():
-        assert torch.allclose(p.grad, ref[n], atol=1e-6), n
+        assert not p.grad.is_sparse and torch.allclose(p.grad, ref[n], atol=1e-6), n
+    T.response_loss(model, head, batch, None).backward()  # gradient accumulation adds a second, equal one
+    for n, p in model.named_parameters():
+        assert not p.grad.is_sparse and torch.allclose(p.grad, 2 * ref[n], atol=1e-6), n
+    emb = model.get_input_embeddings()
+    assert emb.sparse == fused  # the tied lookup's gradient goes in sparse, into the head's dense one
+    head.remove()
+    assert not emb.sparse
+
+
+def test_chunked_linear_cross_entropy_without_rows():
+    head = torch.nn.Linear(16, 50)
+    hidden = torch.randn(0, 16, requires_grad=True)
+    loss = T.chunked_linear_cross_entropy(hidden, head, torch.zeros(0, dtype=torch.long))
+    loss.backward()
+    assert loss.detach().item() == 0 and not head.weight.grad.any() and not head.bias.grad.any()
 
 
 @pytest.mark.parametrize("softcap, bias", [(None, False), (30.0, True)])
