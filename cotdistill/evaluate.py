@@ -4,7 +4,9 @@ Prompts come from `students.encode_prompt` (the same function training used). Ba
 padded and sorted by prompt length; a row stops at its end-of-turn/EOS token or as soon as it
 has stated its answer ("The answer is X" + sentence end) and then leaves the batch, KV cache
 included, so the rows still generating do not pay for the finished ones (greedy; beam search
-goes through `generate`).
+goes through `generate`). For plain full-attention models the prompts are prefilled in groups of
+similar length and the KV cache lives in one preallocated buffer (`BufferedLayer`), so a step
+neither computes padding nor copies the cache.
 Predictions are appended batch by batch, so an interrupted evaluation resumes where it stopped.
 """
 
@@ -151,8 +153,9 @@ def _buffered_layer_class() -> type:
             super().__init__()
             self.lazy_initialization(keys, values)
             self._rows, self._n = keys.shape[0], keys.shape[-2]
-            self._k = keys.new_zeros(*keys.shape[:2], capacity, keys.shape[-1])
-            self._v = values.new_zeros(*values.shape[:2], capacity, values.shape[-1])
+            # uninitialised: only the filled part [:, :, :_n] is ever read
+            self._k = keys.new_empty(*keys.shape[:2], capacity, keys.shape[-1])
+            self._v = values.new_empty(*values.shape[:2], capacity, values.shape[-1])
             self._k[:, :, : self._n], self._v[:, :, : self._n] = keys, values
             self._views()
 
@@ -211,7 +214,7 @@ def _prefill(model: Any, prompts: list[list[int]], pad: int, capacity: int, kw: 
         return cache, logits[:, -1].argmax(-1)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     first = torch.empty(len(prompts), dtype=torch.long, device=device)
-    keys: list[list[tuple[Any, int, Any]]] = [[] for _ in cache.layers]
+    per_layer: list[list[tuple[Any, int, Any, Any]]] = [[] for _ in cache.layers]  # (rows, width, keys, values)
     for g in range(0, len(order), group_rows):
         rows = order[g : g + group_rows]
         part = [prompts[i] for i in rows]
@@ -221,10 +224,10 @@ def _prefill(model: Any, prompts: list[list[int]], pad: int, capacity: int, kw: 
         logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, **kw, **{cache_arg: sub}).logits
         index = torch.tensor(rows, device=device)
         first[index] = logits[:, -1].argmax(-1)
-        for layer, store in zip(sub.layers, keys):
+        for layer, store in zip(sub.layers, per_layer):
             store.append((index, w, layer.keys, layer.values))
     layers = []
-    for store in keys:
+    for store in per_layer:
         k0, v0 = store[0][2], store[0][3]
         k = k0.new_zeros(len(prompts), k0.shape[1], width, k0.shape[-1])
         v = v0.new_zeros(len(prompts), v0.shape[1], width, v0.shape[-1])
