@@ -249,7 +249,8 @@ def _head_as_weight_times_input(model: Any):
     import torch
 
     head = model.get_output_embeddings()
-    if model.device.type != "cpu" or type(head) is not torch.nn.Linear:
+    # a forward already set on the instance (e.g. accelerate's hooks) is left alone
+    if model.device.type != "cpu" or type(head) is not torch.nn.Linear or "forward" in vars(head):
         yield
         return
 
@@ -350,10 +351,7 @@ def generate_batch(model: Any, tokenizer: Any, prompts: list[list[int]], cfg: Ev
     import torch
     from transformers import StoppingCriteriaList
 
-    width = max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
     stops = students.stop_token_ids(tokenizer)
     stop_set = set(stops) | ({pad} if pad is not None else set())
     with torch.inference_mode():
@@ -361,6 +359,8 @@ def generate_batch(model: Any, tokenizer: Any, prompts: list[list[int]], cfg: Ev
             with _head_as_weight_times_input(model):
                 news = _greedy_pruned(model, tokenizer, prompts, cfg, stops)
             return [_split_generation(tokenizer, new, stop_set) for new in news]
+        width = max(map(len, prompts))
+        ids, mask, _ = _left_pad(prompts, width, pad, model.device)
         criteria = StoppingCriteriaList()
         if cfg.stop_at_answer and cfg.beams == 1:
             criteria.append(_answer_stop_criteria(tokenizer, width))

@@ -209,8 +209,10 @@ def _linear_ce_function():
         @staticmethod
         def forward(ctx, hidden, weight, bias, target, softcap, chunk):
             need_h, need_w, need_b = ctx.needs_input_grad[:3]
-            grad_h = torch.empty_like(hidden) if need_h else None  # every row is written below
-            grad_w = torch.empty_like(weight) if need_w else None  # the first chunk writes, later ones add
+            # no zero-fill pass over [V, H]: the first chunk writes, later ones add (zeros only without rows)
+            alloc = torch.empty_like if hidden.shape[0] else torch.zeros_like
+            grad_h = alloc(hidden) if need_h else None
+            grad_w = alloc(weight) if need_w else None
             grad_b = torch.zeros_like(bias) if need_b else None
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             dev = hidden.device.type
@@ -238,7 +240,7 @@ def _linear_ce_function():
                 if grad_h is not None:
                     grad_h[s : s + chunk] = g @ w
                 if grad_w is not None and grad_w.dtype == mm_dtype:
-                    if s == 0:  # no separate zero-fill pass over [V, H]
+                    if s == 0:
                         torch.mm(g.t(), h, out=grad_w)
                     else:
                         grad_w.addmm_(g.t(), h)  # in place: no [V, H] temporary per chunk
@@ -247,8 +249,6 @@ def _linear_ce_function():
                         grad_w.copy_(g.t() @ h)
                     else:
                         grad_w += g.t() @ h
-            if hidden.shape[0] == 0:  # no response rows: nothing was written
-                grad_h, grad_w = (None if g is None else g.zero_() for g in (grad_h, grad_w))
             # Kept on ctx, not saved_tensors: the backward hands over the only reference, so
             # autograd adopts the [V, H] buffer as .grad instead of copying it.
             ctx.grads = [grad_h, grad_w, grad_b]
