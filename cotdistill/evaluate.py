@@ -191,14 +191,27 @@ def _buffered_layer_class() -> type:
     return BufferedLayer
 
 
-def _prefill(model: Any, prompts: list[list[int]], pad: int, capacity: int, kw: dict, cache_arg: str,
-             group_rows: int = _PREFILL_ROWS) -> tuple[Any, Any]:
-    """Run the prompts; return (cache, first generated token per row).
+def _common_prefix(prompts: list[list[int]]) -> int:
+    """Length of the token prefix all prompts share, leaving each at least one token of its own."""
+    n = min(map(len, prompts)) - 1
+    first = prompts[0]
+    for i in range(max(n, 0)):
+        if any(p[i] != first[i] for p in prompts):
+            return i
+    return max(n, 0)
 
-    For models whose layers all use plain full attention, the prompts go through in groups of similar
-    length (no compute on one long prompt's padding for every row) and their caches are merged into one
-    left-padded `BufferedLayer` cache; padded columns are masked, so they never count. Others (sliding
-    window layers, ...) get one left-padded `DynamicCache` prefill, as `generate` does.
+
+def _prefill(model: Any, prompts: list[list[int]], pad: int, capacity: int, kw: dict, cache_arg: str,
+             group_rows: int = _PREFILL_ROWS) -> tuple[Any, Any, Any]:
+    """Run the prompts; return (cache, attention mask of the cached columns, first generated token per row).
+
+    For models whose layers all use plain full attention, the prefix all prompts share (a chat
+    template's system turn: a third of a SmolLM2 SVAMP prompt) is computed once, the rest of the
+    prompts go through in groups of similar length (no compute on one long prompt's padding for every
+    row), and the caches are merged into one `BufferedLayer` cache laid out [prefix | padding | own
+    tokens]; padded columns are masked, positions count real tokens only, so attention sees what it
+    would see for the prompt alone. Others (sliding-window layers, ...) get one left-padded
+    `DynamicCache` prefill, as `generate` does.
     """
     import torch
     from transformers import DynamicCache
@@ -211,61 +224,92 @@ def _prefill(model: Any, prompts: list[list[int]], pad: int, capacity: int, kw: 
     if not all(type(layer) is DynamicLayer for layer in cache.layers):
         ids, mask, pos = _left_pad(prompts, width, pad, device)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, **kw, **{cache_arg: cache}).logits
-        return cache, logits[:, -1].argmax(-1)
+        return cache, mask, logits[:, -1].argmax(-1)
+    c = _common_prefix(prompts)
+    head = DynamicCache(config=config)
+    if c:
+        model(input_ids=torch.tensor([prompts[0][:c]], device=device), **kw, **{cache_arg: head})
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     first = torch.empty(len(prompts), dtype=torch.long, device=device)
     per_layer: list[list[tuple[Any, int, Any, Any]]] = [[] for _ in cache.layers]  # (rows, width, keys, values)
     for g in range(0, len(order), group_rows):
         rows = order[g : g + group_rows]
-        part = [prompts[i] for i in rows]
+        part = [prompts[i][c:] for i in rows]
         w = max(map(len, part))
         ids, mask, pos = _left_pad(part, w, pad, device)
         sub = DynamicCache(config=config)
+        if c:
+            for i, layer in enumerate(head.layers):
+                sub.update(layer.keys.expand(len(rows), -1, -1, -1), layer.values.expand(len(rows), -1, -1, -1), i)
+            mask = torch.cat([mask.new_ones(len(rows), c), mask], dim=-1)
+            pos = pos + c
         logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, **kw, **{cache_arg: sub}).logits
         index = torch.tensor(rows, device=device)
         first[index] = logits[:, -1].argmax(-1)
         for layer, store in zip(sub.layers, per_layer):
-            store.append((index, w, layer.keys, layer.values))
+            store.append((index, w, layer.keys[:, :, c:], layer.values[:, :, c:]))
     layers = []
-    for store in per_layer:
+    for store, shared in zip(per_layer, head.layers if c else [None] * len(per_layer)):
         k0, v0 = store[0][2], store[0][3]
         k = k0.new_zeros(len(prompts), k0.shape[1], width, k0.shape[-1])
         v = v0.new_zeros(len(prompts), v0.shape[1], width, v0.shape[-1])
+        if c:
+            k[:, :, :c], v[:, :, :c] = shared.keys, shared.values
         for index, w, ks, vs in store:
             k[index, :, width - w :], v[index, :, width - w :] = ks, vs
         layers.append(_buffered_layer_class()(k, v, capacity))
     cache.layers = layers
-    return cache, first
+    _, own, _ = _left_pad([p[c:] for p in prompts], width - c, pad, device)
+    mask = torch.cat([own.new_ones(len(prompts), c), own], dim=-1)
+    return cache, mask, first
+
+
+@functools.cache
+def _onednn_linear_available() -> bool:
+    """Whether this torch build runs a linear layer through oneDNN with a prepacked weight."""
+    import torch
+
+    try:
+        w = torch.ones(4, 4)
+        out = torch.ops.mkldnn._linear_pointwise(torch.ones(2, 4), torch.ops.mkldnn._reorder_linear_weight(w, 2),
+                                                 None, "none", [], "")
+        return bool(torch.equal(out, torch.full((2, 4), 4.0)))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def _packed_forward(packed: Any, bias: Any, x: Any) -> Any:
+    import torch
+
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 @contextlib.contextmanager
-def _head_as_weight_times_input(model: Any):
-    """Compute the output layer as (W @ x^T)^T while decoding.
+def _packed_linears(model: Any, min_numel: int = 1 << 16):
+    """On a CPU, run the model's large fp32 linear layers through oneDNN with weights packed once.
 
-    Same product, other operand order: for a few rows against a [V, H] weight, MKL's x @ W^T path
-    on a CPU is 1.6-4x slower than W @ x^T (measured for SmolLM2's 49k x 576 head at 4-64 rows),
-    and the head is the largest matmul of a decode step. CPU only; other devices keep `linear`.
+    A decode step multiplies a few rows by each weight; MKL's `x @ W^T` reaches a fraction of this
+    CPU's speed there, while oneDNN with the weight reordered into its blocked layout is 1.5-2x
+    faster for SmolLM2's layers and head at 4-64 rows (bench/RESULTS.md). Same products up to the
+    float rounding order. Small layers (below `min_numel` weights) gain nothing and are left alone,
+    as are other devices and dtypes, and layers whose forward is already replaced (accelerate hooks).
+    The packed copies live only inside the block.
     """
     import torch
 
-    head = model.get_output_embeddings()
-    # a forward already set on the instance (e.g. accelerate's hooks) is left alone
-    if model.device.type != "cpu" or type(head) is not torch.nn.Linear or "forward" in vars(head):
-        yield
-        return
-
-    def forward(x: Any) -> Any:
-        rows = x.reshape(-1, x.shape[-1])
-        if rows.shape[0] > 256:
-            return torch.nn.functional.linear(x, head.weight, head.bias)
-        y = torch.mm(head.weight, rows.t()).t().reshape(*x.shape[:-1], -1)
-        return y if head.bias is None else y + head.bias
-
-    head.forward = forward
+    patched = []
     try:
+        if model.device.type == "cpu" and _onednn_linear_available():
+            for mod in model.modules():
+                if (type(mod) is torch.nn.Linear and "forward" not in vars(mod)
+                        and mod.weight.dtype == torch.float32 and mod.weight.numel() >= min_numel):
+                    packed = torch.ops.mkldnn._reorder_linear_weight(mod.weight.detach(), 64)
+                    mod.forward = functools.partial(_packed_forward, packed, mod.bias)
+                    patched.append(mod)
         yield
     finally:
-        del head.forward
+        for mod in patched:
+            del mod.forward
 
 
 def _left_pad(prompts: list[list[int]], width: int, pad: int, device: Any) -> tuple[Any, Any, Any]:
@@ -301,7 +345,7 @@ def _greedy_pruned(model: Any, tokenizer: Any, prompts: list[list[int]], cfg: Ev
 
     `generate` keeps computing finished rows until the longest one ends; on a CPU, where a step
     costs about the same per row whatever the batch, that waste is most of a batch's time. Same
-    positions and masks as `generate` (left padding), so the tokens are the same.
+    positions and unmasked tokens as `generate`, so the tokens are the same up to float rounding.
     """
     import torch
 
@@ -312,10 +356,9 @@ def _greedy_pruned(model: Any, tokenizer: Any, prompts: list[list[int]], cfg: Ev
         kw["logits_to_keep"] = 1
     width = max(map(len, prompts))
     pad = tokenizer.pad_token_id
-    cache, nxt = _prefill(model, prompts, pad, width + cfg.max_new_tokens, kw, cache_arg, prefill_rows)
-    _, mask, pos = _left_pad(prompts, width, pad, model.device)
+    cache, mask, nxt = _prefill(model, prompts, pad, width + cfg.max_new_tokens, kw, cache_arg, prefill_rows)
     stop_ids = torch.tensor(sorted(stops), device=model.device)
-    step_pos = pos[:, -1:]
+    step_pos = torch.tensor([[len(p) - 1] for p in prompts], device=model.device)
     rows = list(range(len(prompts)))  # live batch row -> question
     new: list[list[int]] = [[] for _ in rows]
     for step in range(cfg.max_new_tokens):
@@ -354,10 +397,9 @@ def generate_batch(model: Any, tokenizer: Any, prompts: list[list[int]], cfg: Ev
     pad = tokenizer.pad_token_id
     stops = students.stop_token_ids(tokenizer)
     stop_set = set(stops) | ({pad} if pad is not None else set())
-    with torch.inference_mode():
+    with torch.inference_mode(), _packed_linears(model):
         if cfg.beams == 1 and _plain_greedy(model) and getattr(model, "_supports_default_dynamic_cache", lambda: False)():
-            with _head_as_weight_times_input(model):
-                news = _greedy_pruned(model, tokenizer, prompts, cfg, stops)
+            news = _greedy_pruned(model, tokenizer, prompts, cfg, stops)
             return [_split_generation(tokenizer, new, stop_set) for new in news]
         width = max(map(len, prompts))
         ids, mask, _ = _left_pad(prompts, width, pad, model.device)
@@ -446,7 +488,8 @@ def evaluate(cfg: EvalConfig, progress: ProgressFn | None = None) -> EvalSummary
         encoded = [(e, students.encode_prompt(tok, e.question)) for e in todo]
         encoded.sort(key=lambda x: len(x[1]), reverse=True)  # similar lengths share a batch; OOM shows early
         bar = _bar(len(examples), len(done), cfg, progress)
-        with open(cfg.out / "predictions.jsonl", "a", encoding="utf-8") as f:
+        # packed once here; generate_batch leaves already packed layers alone
+        with _packed_linears(model), open(cfg.out / "predictions.jsonl", "a", encoding="utf-8") as f:
             for start in range(0, len(encoded), cfg.batch_size):
                 chunk = encoded[start : start + cfg.batch_size]
                 g0 = time.monotonic()

@@ -114,7 +114,16 @@ def test_pruned_greedy_equals_generate_when_rows_finish_at_different_steps(tiny_
             if prm.dim() > 1:
                 prm.normal_(0, 0.5)
     qs = ["What is 2+3?", "Tom has 12 apples. He eats 5. Left?", "7*8?", "A train goes 60 km in 2 hours. Speed?"]
-    prompts = [students.encode_prompt(tok, q) for q in qs]
+    chat = [students.encode_prompt(tok, q) for q in qs]
+    shared = E._common_prefix(chat)
+    assert shared > 0  # the chat template's start: computed once, then [prefix | padding | own tokens]
+    for prompts in (chat, [p[shared:] for p in chat]):  # with and without a shared prefix
+        _check_pruned_against_generate(model, tok, prompts)
+
+
+def _check_pruned_against_generate(model, tok, prompts):
+    import torch
+
     cfg = E.EvalConfig(model="tiny", dataset="svamp", out=Path("unused"), max_new_tokens=16, stop_at_answer=False)
     width = max(map(len, prompts))
     ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
@@ -137,6 +146,29 @@ def test_beam_search_runs_through_generate(tiny_chat_student):
     cfg = E.EvalConfig(model="tiny", dataset="svamp", out=Path("unused"), max_new_tokens=6, beams=3)
     out = E.generate_batch(model, tok, prompts, cfg)
     assert len(out) == 2 and all(0 < n <= 6 and reason in ("eos", "answer", "length") for _, n, reason in out)
+
+
+def test_common_prefix_leaves_each_prompt_a_token_of_its_own():
+    assert E._common_prefix([[1, 2, 3], [1, 2, 4]]) == 2
+    assert E._common_prefix([[1, 2, 3], [1, 2]]) == 1
+    assert E._common_prefix([[1, 2, 3], [1, 2, 3]]) == 2
+    assert E._common_prefix([[5], [5]]) == 0 and E._common_prefix([[1, 2], [3, 2]]) == 0
+
+
+def test_packed_linears_compute_the_same_layers_and_are_undone(tiny_chat_student):
+    import torch
+
+    model, tok = students.load_student(tiny_chat_student, dtype="fp32", device="cpu")
+    ids = torch.tensor([students.encode_prompt(tok, "What is 2+3?")])
+    with torch.inference_mode():
+        ref = model(input_ids=ids).logits
+        with E._packed_linears(model, min_numel=0):
+            patched = [m for m in model.modules() if "forward" in vars(m)]
+            packed = model(input_ids=ids).logits
+    if E._onednn_linear_available():  # every linear layer ran through oneDNN, within float rounding
+        assert len(patched) == sum(type(m) is torch.nn.Linear for m in model.modules()) > 0
+        assert torch.allclose(ref, packed, atol=1e-5, rtol=1e-4)
+    assert not [m for m in model.modules() if "forward" in vars(m)]
 
 
 def test_finished_rows_are_replaced_by_the_last_live_rows():
