@@ -80,9 +80,65 @@ def test_response_only_head_gives_the_full_logits_gradients(tiny_chat_student, f
     for n, p in model.named_parameters():
         assert not p.grad.is_sparse and torch.allclose(p.grad, 2 * ref[n], atol=1e-6), n
     emb = model.get_input_embeddings()
-    assert emb.sparse == fused  # the tied lookup's gradient goes in sparse, into the head's dense one
+    assert ("forward" in vars(emb)) == fused  # the tied lookup adds its rows into the head's gradient
     head.remove()
-    assert not emb.sparse
+    assert "forward" not in vars(emb)
+
+
+def test_tied_scaled_embedding_gradient_lands_in_the_head_gradient():
+    """Gemma-style scaled, tied embedding with a padding row: the replaced lookup keeps every gradient."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from cotdistill.testing import make_tiny_tokenizer
+
+    tok = make_tiny_tokenizer()
+    config = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=4,
+                              layer_types=["sliding_attention", "full_attention"], pad_token_id=tok.pad_token_id,
+                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    torch.manual_seed(3)
+    model = Gemma3ForCausalLM(config)
+    emb = model.get_input_embeddings()
+    assert emb.weight is model.get_output_embeddings().weight and emb.padding_idx == tok.pad_token_id
+    assert T._tied_lookup_scale(emb, model.get_output_embeddings()) is emb.embed_scale
+    batch = T.PadCollator(tok.pad_token_id)(T.tokenize_pairs(tok, PAIRS, 256)[0])
+    assert (batch["input_ids"] == tok.pad_token_id).any()  # padding looked up: its row must get no lookup gradient
+    model(**batch).loss.backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    head = T.ResponseOnlyHead(model)
+    assert "forward" in vars(emb)
+    for k in (1, 2):  # and gradient accumulation
+        T.response_loss(model, head, batch, None).backward()
+        for n, p in model.named_parameters():
+            assert torch.allclose(p.grad, k * ref[n], atol=1e-5), n
+    head.remove()
+    assert "forward" not in vars(emb)
+
+
+def test_tied_lookup_adds_into_the_head_gradient_in_place():
+    """The head's [V, H] gradient becomes .grad without a copy, with the lookup's rows added into it."""
+
+    class Sink(list):
+        def pop(self, *a):
+            grad = super().pop(*a)
+            self.popped = grad.data_ptr()  # not the tensor: a reference kept here would make autograd copy it
+            return grad
+
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(50, 16))
+    head = torch.nn.Linear(16, 50, bias=False)
+    head.weight = weight
+    ids, target = torch.tensor([3, 7, 7, 0, 49]), torch.tensor([1, 2, 3, 4, 5])
+    sink = Sink()
+    x = T._tied_lookup_function().apply(ids, weight, None, 0, sink)
+    T.chunked_linear_cross_entropy(torch.tanh(x), head, target, sink=sink).backward()
+    assert not sink and sink.popped == weight.grad.data_ptr()
+    ours = weight.grad.clone()
+    weight.grad = None
+    x = torch.nn.functional.embedding(ids, weight, padding_idx=0)
+    torch.nn.functional.cross_entropy(head(torch.tanh(x)), target, reduction="sum").backward()
+    assert torch.allclose(ours, weight.grad, atol=1e-6)
 
 
 def test_chunked_linear_cross_entropy_without_rows():
@@ -93,12 +149,12 @@ def test_chunked_linear_cross_entropy_without_rows():
     assert loss.detach().item() == 0 and not head.weight.grad.any() and not head.bias.grad.any()
 
 
-@pytest.mark.parametrize("softcap, bias", [(None, False), (30.0, True)])
-def test_chunked_linear_cross_entropy_matches_autograd(softcap, bias):
+@pytest.mark.parametrize("softcap, bias, vocab", [(None, False, 50), (30.0, True, 50), (None, False, 128)])
+def test_chunked_linear_cross_entropy_matches_autograd(softcap, bias, vocab):
     torch.manual_seed(0)
-    head = torch.nn.Linear(16, 50, bias=bias)
+    head = torch.nn.Linear(16, vocab, bias=bias)
     hidden = torch.randn(37, 16, requires_grad=True)
-    target = torch.randint(0, 50, (37,))
+    target = torch.randint(0, vocab, (37,))
     params = [hidden, head.weight] + ([head.bias] if bias else [])
     logits = head(hidden)
     if softcap:
@@ -110,6 +166,12 @@ def test_chunked_linear_cross_entropy_matches_autograd(softcap, bias):
     assert torch.allclose(ours, ref, rtol=1e-5)
     for g, r in zip(grads, ref_grads):
         assert torch.allclose(g, r, atol=1e-5)
+
+
+def test_column_max_in_two_stages_is_the_max():
+    z = torch.randn(128, 7)
+    assert torch.equal(T._column_max(z), z.amax(dim=0, keepdim=True))
+    assert torch.equal(T._column_max(z[:100]), z[:100].amax(dim=0, keepdim=True))
 
 
 def test_gradient_checkpointing_and_random_order_train(tiny_chat_student, tmp_path):
