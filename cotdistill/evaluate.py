@@ -226,9 +226,9 @@ def _prefill(model: Any, prompts: list[list[int]], pad: int, capacity: int, kw: 
         logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, **kw, **{cache_arg: cache}).logits
         return cache, mask, logits[:, -1].argmax(-1)
     c = _common_prefix(prompts)
-    head = DynamicCache(config=config)
+    prefix = DynamicCache(config=config)  # the shared prefix's keys/values, computed once for one row
     if c:
-        model(input_ids=torch.tensor([prompts[0][:c]], device=device), **kw, **{cache_arg: head})
+        model(input_ids=torch.tensor([prompts[0][:c]], device=device), **kw, **{cache_arg: prefix})
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     first = torch.empty(len(prompts), dtype=torch.long, device=device)
     per_layer: list[list[tuple[Any, int, Any, Any]]] = [[] for _ in cache.layers]  # (rows, width, keys, values)
@@ -239,7 +239,7 @@ def _prefill(model: Any, prompts: list[list[int]], pad: int, capacity: int, kw: 
         ids, mask, pos = _left_pad(part, w, pad, device)
         sub = DynamicCache(config=config)
         if c:
-            for i, layer in enumerate(head.layers):
+            for i, layer in enumerate(prefix.layers):
                 sub.update(layer.keys.expand(len(rows), -1, -1, -1), layer.values.expand(len(rows), -1, -1, -1), i)
             mask = torch.cat([mask.new_ones(len(rows), c), mask], dim=-1)
             pos = pos + c
@@ -249,7 +249,7 @@ def _prefill(model: Any, prompts: list[list[int]], pad: int, capacity: int, kw: 
         for layer, store in zip(sub.layers, per_layer):
             store.append((index, w, layer.keys[:, :, c:], layer.values[:, :, c:]))
     layers = []
-    for store, shared in zip(per_layer, head.layers if c else [None] * len(per_layer)):
+    for store, shared in zip(per_layer, prefix.layers if c else [None] * len(per_layer)):
         k0, v0 = store[0][2], store[0][3]
         k = k0.new_zeros(len(prompts), k0.shape[1], width, k0.shape[-1])
         v = v0.new_zeros(len(prompts), v0.shape[1], width, v0.shape[-1])

@@ -64,3 +64,17 @@ def make_tiny_student(path: Path, chat_template: bool = False, hidden_size: int 
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def make_tiny_gemma3(tokenizer, seed: int = 0):
+    """A 2-layer random Gemma-3 (one sliding-window, one full-attention layer; tied, scaled embedding)."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=4,
+                              layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=True,
+                              pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                              eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    return Gemma3ForCausalLM(config)

@@ -361,8 +361,8 @@ def response_loss(model: Any, head: ResponseOnlyHead, inputs: dict, num_items: A
     target = labels[:, 1:]
     mask = torch.zeros_like(labels, dtype=torch.bool)
     mask[:, :-1] = target != -100  # position t predicts token t+1
-    head.mask, head.sink = mask, []  # a fresh sink per call: nothing from an earlier step can land in it
-    sink = head.sink
+    sink: list = []  # a fresh one per call: nothing from an earlier step can land in it
+    head.mask, head.sink = mask, sink
     try:
         out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
         hidden, head.hidden = head.hidden, None

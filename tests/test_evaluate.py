@@ -180,17 +180,11 @@ def test_finished_rows_are_replaced_by_the_last_live_rows():
 def test_pruned_greedy_equals_generate_with_sliding_window_layers():
     """Gemma-3-style layers (sliding window + full attention) keep the plain DynamicCache path."""
     import torch
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from cotdistill.testing import make_tiny_tokenizer
+    from cotdistill.testing import make_tiny_gemma3, make_tiny_tokenizer
 
     tok = make_tiny_tokenizer()
-    config = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=4,
-                              layer_types=["sliding_attention", "full_attention"], pad_token_id=tok.pad_token_id,
-                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(2)
-    model = Gemma3ForCausalLM(config).eval()
+    model = make_tiny_gemma3(tok, seed=2).eval()
     with torch.no_grad():  # varied tokens, not one repeated id
         for prm in model.parameters():
             if prm.dim() > 1:

@@ -87,17 +87,10 @@ def test_response_only_head_gives_the_full_logits_gradients(tiny_chat_student, f
 
 def test_tied_scaled_embedding_gradient_lands_in_the_head_gradient():
     """Gemma-style scaled, tied embedding with a padding row: the replaced lookup keeps every gradient."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    from cotdistill.testing import make_tiny_tokenizer
+    from cotdistill.testing import make_tiny_gemma3, make_tiny_tokenizer
 
     tok = make_tiny_tokenizer()
-    config = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=4,
-                              layer_types=["sliding_attention", "full_attention"], pad_token_id=tok.pad_token_id,
-                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
-    torch.manual_seed(3)
-    model = Gemma3ForCausalLM(config)
+    model = make_tiny_gemma3(tok, seed=3)
     emb = model.get_input_embeddings()
     assert emb.weight is model.get_output_embeddings().weight and emb.padding_idx == tok.pad_token_id
     assert T._tied_lookup_scale(emb, model.get_output_embeddings()) is emb.embed_scale
