@@ -64,8 +64,14 @@ def test_test_questions_in_a_release_are_reported_not_trained_on(data_dir):
 
 
 def test_math_rationale_fields(data_dir):
-    gem = load_supervision("math/gemini/level1", data_dir)  # some rows carry chatgpt_output instead
-    assert len(gem.rows) == 1297 and all(r.rationale for r in gem.rows)
+    # math_gemini_level1_ranked: 195 of 1297 rows hold only `chatgpt_output` (no Gemini rationale).
+    # A source never mixes teachers: they are missing, not filled with ChatGPT's text.
+    gem = load_supervision("math/gemini/level1", data_dir)
+    assert gem.meta["missing"] == 195 and len(gem.rows) == 1297 - 195 and all(r.rationale for r in gem.rows)
+    chatgpt = {r.id: r.rationale for r in load_supervision("math/chatgpt/level1", data_dir).rows}
+    assert not any(chatgpt.get(r.id) == r.rationale for r in gem.rows)
+    record = audit(sources=["math/gemini/level1"], data_dir=data_dir)[0]
+    assert record["missing"] == 195 and record["rows"] == 1297
     human = load_supervision("math/human", data_dir)
     assert human.rows[0].rationale.startswith("The prime months are February")  # the `solution` field
     assert load_supervision("math/answer-only", data_dir).rows[0].rationale == "52"
@@ -74,7 +80,8 @@ def test_math_rationale_fields(data_dir):
 def test_unavailable_and_unknown_names(data_dir):
     assert "gsm8k/chatgpt/level1" in list_sources("gsm8k")
     assert source_file("gsm8k/chatgpt/level1", data_dir) is None
-    with pytest.raises(CotdistillError, match="'gsm8k/chatgpt/level1' is unavailable: .*gsm8k_ChatGPT_level1_ranked.json"):
+    with pytest.raises(CotdistillError, match="'gsm8k/chatgpt/level1' is unavailable: .*gsm8k_ChatGPT_level1_ranked.json"
+                       ".*create it with `cotdistill teach --dataset gsm8k --teacher openai:MODEL --level 1 --format cot"):
         load_supervision("gsm8k/chatgpt/level1", data_dir)
     with pytest.raises(CotdistillError, match="unknown teacher in 'svamp/chatpgt/level3' 'chatpgt'; did you mean chatgpt"):
         load_supervision("svamp/chatpgt/level3", data_dir)
@@ -147,7 +154,7 @@ def test_cli_data_list(data_dir):
     r = CliRunner().invoke(app, ["data", "list", "--dataset", "gsm8k", "--data-dir", str(data_dir)])
     assert r.exit_code == 0, r.output
     assert "7473" in r.output and "1319" in r.output and "unavailable" in r.output
-    assert "5 of 25 sources available" in r.output
+    assert "6 of 25 sources available" in r.output  # gsm8k/human comes from benchmarks/gsm8k/train.jsonl
 
 
 def test_cli_audit_writes_csv_and_json(tmp_path, svamp_subset):
