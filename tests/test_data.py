@@ -77,6 +77,28 @@ def test_math_rationale_fields(data_dir):
     assert load_supervision("math/answer-only", data_dir).rows[0].rationale == "52"
 
 
+def test_gsm8k_human_from_the_benchmark_solutions(data_dir):
+    sup = load_supervision("gsm8k/human", data_dir)
+    assert len(sup.rows) == 7473 and sup.unjoined == 0 and sup.meta["missing"] == 0
+    # benchmarks/gsm8k/train.jsonl line 1: "Natalia sold 48/2 = <<48/2=24>>24 clips in May. ... #### 72"
+    assert sup.rows[0].rationale == ("Natalia sold 48/2 = 24 clips in May.\n"
+                                     "Natalia sold 48+24 = 72 clips altogether in April and May.\nThe answer is 72.")
+    assert not any("<<" in r.rationale or "####" in r.rationale for r in sup.rows)
+    assert audit(sources=["gsm8k/human"], data_dir=data_dir)[0]["teacher_accuracy"] == 1.0
+
+
+def test_leak_check_ignores_the_order_of_choices(data_dir):
+    from cotdistill.data import split_duplicates
+
+    # 14 OpenBookQA test questions equal a training question up to the order of their choices
+    # (obqa/test/3 = obqa/train/3930): their answer-only rows are not trained on.
+    sup = load_supervision("obqa/answer-only", data_dir)
+    assert sup.meta["test_overlap"] == 14 and len(sup.rows) == 4957 - 14
+    dups = split_duplicates("obqa", data_dir)
+    assert (dups["exact"], dups["near"]) == (14, 0) and ("obqa/test/3", "obqa/train/3930", 1.0) in dups["examples"]
+    assert split_duplicates("svamp", data_dir)["exact"] == 0
+
+
 def test_unavailable_and_unknown_names(data_dir):
     assert "gsm8k/chatgpt/level1" in list_sources("gsm8k")
     assert source_file("gsm8k/chatgpt/level1", data_dir) is None
@@ -169,7 +191,7 @@ def test_cli_audit_writes_csv_and_json(tmp_path, svamp_subset):
     r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "audit.csv")])
     lines = (tmp_path / "audit.csv").read_text().splitlines()
     assert lines[0].startswith("source,available,rows,joined,unjoined") and len(lines) == 25
-    assert lines[3].startswith("svamp/chatgpt/level1,True,700,700,0,0,0,0.9871,35.3,")
+    assert lines[3].startswith("svamp/chatgpt/level1,True,700,700,0,0,0,0,0.9871,35.3,")  # ...,test_overlap,missing,empty,...
     r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a.txt")])
     assert isinstance(r.exception, CotdistillError) and "expected a .csv or .json" in str(r.exception)
 
