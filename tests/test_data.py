@@ -223,3 +223,15 @@ def test_cli_end_to_end_errors_and_grade(tmp_path, data_dir):
     r = run("grade", str(preds), "--out", str(tmp_path / "graded2.jsonl"), env_data=data_dir)
     assert r.returncode == 2 and "preds.jsonl:2: malformed JSON line" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "graded2.jsonl").exists()
+
+
+def test_a_study_asking_for_a_missing_release_names_the_teach_command(tmp_path, data_dir):
+    repo = Path(__file__).resolve().parents[1]
+    study = tmp_path / "lacks.yaml"
+    study.write_text((repo / "configs" / "gsm8k.yaml").read_text().replace("  - gsm8k/human\n", "  - gsm8k/chatgpt/level3\n"))
+    r = subprocess.run([sys.executable, "-m", "cotdistill", "study", str(study), "--check", "--data-dir", str(data_dir)],
+                       capture_output=True, text=True)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr
+    assert "'gsm8k/chatgpt/level3' is unavailable" in lines[0]
+    assert "`cotdistill teach --dataset gsm8k --teacher openai:MODEL --level 3 --format cot --out " in lines[0]
