@@ -8,8 +8,15 @@ Joining: each released row is matched to the benchmark's TRAIN split by normalis
 text (whitespace, case, a `Q:` prefix, the way choices are written). A joined row carries the
 benchmark's rendered question (the same text the student is evaluated on) and gold answer.
 A row that matches no training question stays in `rows` with gold=None and is counted in
-`Supervision.unjoined`. A row whose question is a TEST question is left out of `rows` (it would
-leak the test set into training) and counted in `meta["test_overlap"]`; audit reports both.
+`Supervision.unjoined`. A row whose question is a TEST question -- same text, and for multiple
+choice the same SET of choices in any order -- is left out of `rows` (it would leak the test set
+into training) and counted in `meta["test_overlap"]`; audit reports both.
+
+One teacher per source: a row without the source's own rationale field (195 rows of
+math_gemini_level1 hold only `chatgpt_output`) is left out and counted in `meta["missing"]`,
+never filled from another teacher. `gsm8k/human` is built from GSM8K's own training solutions
+(benchmarks/gsm8k/train.jsonl): calculator annotations <<...>> removed, "#### X" written as
+"The answer is X.".
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from pathlib import Path
 from cotdistill.benchmarks import DATASETS, Example, load_benchmark
 from cotdistill.benchmarks._files import (
     find_file,
+    leak_key,
     normalise_question,
     parse_choices,
     parse_records,
@@ -31,6 +39,7 @@ from cotdistill.benchmarks._files import (
     resolve_data_dir,
 )
 from cotdistill.errors import CotdistillError, unknown_name
+from cotdistill.grade import KINDS
 
 __all__ = [
     "SOURCES",
@@ -77,7 +86,7 @@ SOURCES: dict[str, tuple[str, str]] = {
         *_formats("svamp", 5, "0_SVAMP_chatgpt_level5{tag}"),
         # GSM8K (upstream has LLaMA levels 1-5 only)
         ("gsm8k/answer-only", "gsm_train_onlyans", "output"),
-        ("gsm8k/human", "gsm8k_human", "output"),
+        ("gsm8k/human", "gsm8k_human", "output"),  # built from benchmarks/gsm8k/train.jsonl (FROM_BENCHMARK)
         *_levels("gsm8k", "chatgpt", "gsm8k_ChatGPT_level{n}_ranked"),
         *_levels("gsm8k", "gemini", "gsm8k_gemini_level{n}_ranked"),
         *_levels("gsm8k", "llama", "gsm8k_llama_level{n}_ranked", levels=range(1, 6)),
@@ -121,8 +130,22 @@ SOURCES: dict[str, tuple[str, str]] = {
         *_levels("strategyqa", "llama", "stqa_llama_level{n}_ranked"),
     ]
 }
-# Rows of math_gemini_level1_ranked that carry the rationale under this field instead.
-_FALLBACK_FIELDS = {"gemini_output": ("chatgpt_output",)}
+# Sources built from a benchmark file instead of a cot/ file: name -> file under the data directory.
+FROM_BENCHMARK = {"gsm8k/human": "benchmarks/gsm8k/train.jsonl"}
+
+
+def _source_rel(name: str) -> str:
+    """The data-directory path behind a (canonical) source name."""
+    return FROM_BENCHMARK.get(name) or f"cot/{SOURCES[name][0]}.json"
+
+
+def teach_hint(name: str) -> str:
+    """The `cotdistill teach` command that writes a stand-in for the released source `name`."""
+    parts = name.split("/")
+    level = next((p.removeprefix("level") for p in parts if p.startswith("level")), "3")
+    fmt = parts[3] if len(parts) > 3 else "cot"
+    return (f"cotdistill teach --dataset {parts[0]} --teacher openai:MODEL --level {level} --format {fmt} "
+            f"--out {parts[0]}_{parts[1]}_level{level}_{fmt}.jsonl")
 
 
 @dataclass(frozen=True)
@@ -183,8 +206,7 @@ def list_sources(dataset: str | None = None, data_dir=None) -> list[str]:
 
 def source_file(name: str, data_dir=None) -> Path | None:
     """The file behind a released name in the data directory, or None if it is not there."""
-    stem, _ = SOURCES[_check_name(name)]
-    return find_file(resolve_data_dir(data_dir), f"cot/{stem}.json")
+    return find_file(resolve_data_dir(data_dir), _source_rel(_check_name(name)))
 
 
 # ---------------------------------------------------------------- loading
@@ -196,26 +218,31 @@ def load_supervision(source: str | Path, data_dir=None) -> Supervision:
         return _load_jsonl(Path(source))
     name = _check_name(str(source))
     data_dir = resolve_data_dir(data_dir)
-    stem, fld = SOURCES[name]
-    path = find_file(data_dir, f"cot/{stem}.json")
+    fld = SOURCES[name][1]
+    path = find_file(data_dir, _source_rel(name))
     if path is None:
+        how = "answer-only rows hold the gold answers; fetch them" if name.endswith("/answer-only") else \
+            f"create it with `{teach_hint(name)}` and name that file in the study"
         raise CotdistillError(
-            f"supervision source {name!r} is unavailable: {data_dir / 'cot' / stem}.json(.gz) is not in the data "
-            "directory (not all upstream files could be copied; see `cotdistill data list`)"
+            f"supervision source {name!r} is unavailable: {data_dir / _source_rel(name)}(.gz) is not in the release "
+            f"here; {how}"
         )
     dataset = name.split("/")[0]
     qfield = "problem" if dataset == "math" else "instruction"
-    records = read_records(path, (qfield,))
+    records = _gsm8k_human_records(path) if name in FROM_BENCHMARK else read_records(path, (qfield,))
     train, test_keys = _join_index(dataset, data_dir)
-    rows, unjoined, overlap, empty = [], 0, 0, 0
+    rows, unjoined, overlap, empty, missing = [], 0, 0, 0, 0
     for i, r in enumerate(records):
         rationale = _rationale(r, fld, path, i)
+        if rationale is None:  # no rationale of THIS teacher in the row: missing, never another's
+            missing += 1
+            continue
         empty += not rationale.strip()
-        key = normalise_question(r[qfield])
-        ex: Example | None = train.get(key)
-        if ex is None and key in test_keys:
+        if leak_key(r[qfield]) in test_keys:
             overlap += 1
             continue
+        key = normalise_question(r[qfield])
+        ex: Example | None = train.get(key)
         if ex is None:
             unjoined += 1
             stem_text, choices = parse_choices(r[qfield])
@@ -224,29 +251,40 @@ def load_supervision(source: str | Path, data_dir=None) -> Supervision:
         else:
             rows.append(SupervisionRow(ex.id, ex.question, rationale, ex.gold, ex.kind, ex.choices, r[qfield], {"row": i}))
     meta = {"file": str(path), "rows_in_file": len(records), "test_overlap": overlap, "empty_rationales": empty,
-            "rationale_field": fld}
+            "missing": missing, "rationale_field": fld}
     return Supervision(name, rows, unjoined, meta)
 
 
 @lru_cache(maxsize=8)
 def _join_index(dataset: str, data_dir: Path) -> tuple[dict[str, Example], frozenset[str]]:
-    """Normalised question -> training example (first wins), and the normalised test questions."""
+    """Normalised question -> training example (first wins), and the test questions' leak keys
+    (question text plus the set of choices, in any order)."""
     train: dict[str, Example] = {}
     for ex in load_benchmark(dataset, "train", data_dir):
         train.setdefault(normalise_question(ex.question), ex)
     test = load_benchmark(dataset, "test-all" if dataset == "math" else "test", data_dir)
-    return train, frozenset(normalise_question(ex.question) for ex in test)
+    return train, frozenset(leak_key(ex.question) for ex in test)
 
 
 def _kind(dataset: str) -> str:
     return {"svamp": "number", "gsm8k": "number", "math": "math", "strategyqa": "boolean"}.get(dataset, "choice")
 
 
-def _rationale(r: dict, fld: str, path: Path, i: int) -> str:
-    for f in (fld, *_FALLBACK_FIELDS.get(fld, ())):
-        if isinstance(r.get(f), str):
-            return r[f]
-    raise CotdistillError(f"{path}: record {i} lacks the rationale field {fld!r} (a string)")
+def _rationale(r: dict, fld: str, path: Path, i: int) -> str | None:
+    """The row's rationale in the source's own field; None when the row has none (counted missing)."""
+    value = r.get(fld)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise CotdistillError(f"{path}: record {i}: rationale field {fld!r} is {type(value).__name__}, expected a string")
+    return value
+
+
+def _gsm8k_human_records(path: Path) -> list[dict]:
+    from cotdistill.benchmarks.gsm8k import human_rationale
+
+    return [{"instruction": r["question"], "output": human_rationale(r["answer"])}
+            for r in read_records(path, ("question", "answer"))]
 
 
 def _load_jsonl(path: Path) -> Supervision:
@@ -264,8 +302,8 @@ def _load_jsonl(path: Path) -> Supervision:
             if not isinstance(r.get(key), str):
                 raise CotdistillError(f"{at}: field {key!r} missing or not a string (expected at least question, rationale)")
         kind = r.get("kind")
-        if kind is not None and kind not in ("number", "choice", "boolean", "math"):
-            raise CotdistillError(f"{at}: field 'kind' is {kind!r}, expected number, choice, boolean or math")
+        if kind is not None and kind not in KINDS:
+            raise CotdistillError(f"{at}: field 'kind' is {kind!r}, expected one of {', '.join(KINDS)}")
         choices = r.get("choices")
         if choices is not None and not isinstance(choices, dict):
             raise CotdistillError(f"{at}: field 'choices' must be an object {{letter: text}}")
@@ -298,10 +336,9 @@ def describe_data(dataset: str | None = None, data_dir=None) -> dict:
     benchmarks = {d: {s: len(load_benchmark(d, s, data_dir)) for s in SPLITS[d]} for d in names}
     sources = []
     for name in list_sources(dataset):
-        stem, _ = SOURCES[name]
-        path = find_file(data_dir, f"cot/{stem}.json")
+        path = find_file(data_dir, _source_rel(name))
         rows = len(read_records(path)) if path is not None else None
-        sources.append({"source": name, "available": path is not None, "rows": rows, "file": f"cot/{stem}.json"})
+        sources.append({"source": name, "available": path is not None, "rows": rows, "file": _source_rel(name)})
     return {"data_dir": str(data_dir), "splits": splits, "benchmarks": benchmarks, "sources": sources}
 
 
@@ -333,6 +370,7 @@ def audit(dataset: str | None = None, data_dir=None, tokenizer=None, progress=No
             "joined": len(joined),
             "unjoined": sup.unjoined,
             "test_overlap": sup.meta["test_overlap"],
+            "missing": sup.meta.get("missing", 0),
             "empty": sup.meta["empty_rationales"],
             # answer-only rows ARE the gold answers: no teacher to score
             "teacher_accuracy": round(sum(verdicts) / len(verdicts), 4) if verdicts else None,
@@ -349,8 +387,56 @@ def audit(dataset: str | None = None, data_dir=None, tokenizer=None, progress=No
     return out
 
 
-AUDIT_COLUMNS = ("source", "available", "rows", "joined", "unjoined", "test_overlap", "empty",
+AUDIT_COLUMNS = ("source", "available", "rows", "joined", "unjoined", "test_overlap", "missing", "empty",
                  "teacher_accuracy", "mean_words", "mean_tokens", "states_answer", "file")
+
+
+NEAR_DUPLICATE_JACCARD = 0.8  # word-trigram Jaccard of two question stems (same choice set) counted as near
+
+
+def _trigrams(text: str) -> frozenset[str]:
+    import re
+
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return frozenset(" ".join(words[i : i + 3]) for i in range(max(1, len(words) - 2)))
+
+
+def split_duplicates(dataset: str, data_dir=None) -> dict:
+    """Test questions that repeat a training question: `exact` (same text and the same SET of
+    choices, the leak key), `near` (not exact; stems with word-trigram Jaccard >= 0.8 and the same
+    choice set), with up to 20 (test id, train id, similarity) examples."""
+    from collections import defaultdict
+
+    data_dir = resolve_data_dir(data_dir)
+    train = load_benchmark(dataset, "train", data_dir)
+    test = load_benchmark(dataset, "test-all" if dataset == "math" else "test", data_dir)
+
+    def parts(ex: Example) -> tuple[frozenset[str], frozenset[str]]:
+        stem, choices = parse_choices(ex.question)
+        return _trigrams(stem), frozenset(" ".join(c.lower().split()) for c in (choices or {}).values())
+
+    train_keys = {leak_key(ex.question): ex.id for ex in train}
+    train_parts = [parts(ex) for ex in train]
+    index: dict[str, list[int]] = defaultdict(list)
+    for i, (grams, _) in enumerate(train_parts):
+        for g in grams:
+            index[g].append(i)
+    exact, near = [], []
+    for ex in test:
+        if leak_key(ex.question) in train_keys:
+            exact.append((ex.id, train_keys[leak_key(ex.question)], 1.0))
+            continue
+        grams, opts = parts(ex)
+        shared: dict[int, int] = defaultdict(int)
+        for g in grams:
+            for i in index.get(g, ()):
+                shared[i] += 1
+        best = max(((n / (len(grams) + len(train_parts[i][0]) - n), i) for i, n in shared.items()
+                    if train_parts[i][1] == opts), default=(0.0, -1))
+        if best[0] >= NEAR_DUPLICATE_JACCARD:
+            near.append((ex.id, train[best[1]].id, round(best[0], 3)))
+    return {"dataset": dataset, "test": len(test), "train": len(train), "exact": len(exact), "near": len(near),
+            "examples": (exact + near)[:20]}
 
 
 def audit_to_csv(records: list[dict]) -> str:

@@ -12,7 +12,7 @@ from cotdistill.errors import CotdistillError
 SIZES = {  # the paper's splits (AQuA train: rows of aqua_only_ans with a recoverable gold letter)
     ("svamp", "train"): 700, ("svamp", "test"): 300,
     ("gsm8k", "train"): 7473, ("gsm8k", "test"): 1319,
-    ("aqua", "train"): 6935, ("aqua", "test"): 254,
+    ("aqua", "train"): 6936, ("aqua", "test"): 254,  # 6940 rows, 4 without a recoverable gold letter
     ("math", "train"): 1297, ("math", "test"): 306, ("math", "test-all"): 500,
     ("csqa", "train"): 9740, ("csqa", "test"): 1221,
     ("obqa", "train"): 4957, ("obqa", "test"): 500,

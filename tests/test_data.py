@@ -64,17 +64,46 @@ def test_test_questions_in_a_release_are_reported_not_trained_on(data_dir):
 
 
 def test_math_rationale_fields(data_dir):
-    gem = load_supervision("math/gemini/level1", data_dir)  # some rows carry chatgpt_output instead
-    assert len(gem.rows) == 1297 and all(r.rationale for r in gem.rows)
+    # math_gemini_level1_ranked: 195 of 1297 rows hold only `chatgpt_output` (no Gemini rationale).
+    # A source never mixes teachers: they are missing, not filled with ChatGPT's text.
+    gem = load_supervision("math/gemini/level1", data_dir)
+    assert gem.meta["missing"] == 195 and len(gem.rows) == 1297 - 195 and all(r.rationale for r in gem.rows)
+    chatgpt = {r.id: r.rationale for r in load_supervision("math/chatgpt/level1", data_dir).rows}
+    assert not any(chatgpt.get(r.id) == r.rationale for r in gem.rows)
+    record = audit(sources=["math/gemini/level1"], data_dir=data_dir)[0]
+    assert record["missing"] == 195 and record["rows"] == 1297
     human = load_supervision("math/human", data_dir)
     assert human.rows[0].rationale.startswith("The prime months are February")  # the `solution` field
     assert load_supervision("math/answer-only", data_dir).rows[0].rationale == "52"
 
 
+def test_gsm8k_human_from_the_benchmark_solutions(data_dir):
+    sup = load_supervision("gsm8k/human", data_dir)
+    assert len(sup.rows) == 7473 and sup.unjoined == 0 and sup.meta["missing"] == 0
+    # benchmarks/gsm8k/train.jsonl line 1: "Natalia sold 48/2 = <<48/2=24>>24 clips in May. ... #### 72"
+    assert sup.rows[0].rationale == ("Natalia sold 48/2 = 24 clips in May.\n"
+                                     "Natalia sold 48+24 = 72 clips altogether in April and May.\nThe answer is 72.")
+    assert not any("<<" in r.rationale or "####" in r.rationale for r in sup.rows)
+    assert audit(sources=["gsm8k/human"], data_dir=data_dir)[0]["teacher_accuracy"] == 1.0
+
+
+def test_leak_check_ignores_the_order_of_choices(data_dir):
+    from cotdistill.data import split_duplicates
+
+    # 14 OpenBookQA test questions equal a training question up to the order of their choices
+    # (obqa/test/3 = obqa/train/3930): their answer-only rows are not trained on.
+    sup = load_supervision("obqa/answer-only", data_dir)
+    assert sup.meta["test_overlap"] == 14 and len(sup.rows) == 4957 - 14
+    dups = split_duplicates("obqa", data_dir)
+    assert (dups["exact"], dups["near"]) == (14, 0) and ("obqa/test/3", "obqa/train/3930", 1.0) in dups["examples"]
+    assert split_duplicates("svamp", data_dir)["exact"] == 0
+
+
 def test_unavailable_and_unknown_names(data_dir):
     assert "gsm8k/chatgpt/level1" in list_sources("gsm8k")
     assert source_file("gsm8k/chatgpt/level1", data_dir) is None
-    with pytest.raises(CotdistillError, match="'gsm8k/chatgpt/level1' is unavailable: .*gsm8k_ChatGPT_level1_ranked.json"):
+    with pytest.raises(CotdistillError, match="'gsm8k/chatgpt/level1' is unavailable: .*gsm8k_ChatGPT_level1_ranked.json"
+                       ".*create it with `cotdistill teach --dataset gsm8k --teacher openai:MODEL --level 1 --format cot"):
         load_supervision("gsm8k/chatgpt/level1", data_dir)
     with pytest.raises(CotdistillError, match="unknown teacher in 'svamp/chatpgt/level3' 'chatpgt'; did you mean chatgpt"):
         load_supervision("svamp/chatpgt/level3", data_dir)
@@ -147,7 +176,7 @@ def test_cli_data_list(data_dir):
     r = CliRunner().invoke(app, ["data", "list", "--dataset", "gsm8k", "--data-dir", str(data_dir)])
     assert r.exit_code == 0, r.output
     assert "7473" in r.output and "1319" in r.output and "unavailable" in r.output
-    assert "5 of 25 sources available" in r.output
+    assert "6 of 25 sources available" in r.output  # gsm8k/human comes from benchmarks/gsm8k/train.jsonl
 
 
 def test_cli_audit_writes_csv_and_json(tmp_path, svamp_subset):
@@ -162,7 +191,7 @@ def test_cli_audit_writes_csv_and_json(tmp_path, svamp_subset):
     r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "audit.csv")])
     lines = (tmp_path / "audit.csv").read_text().splitlines()
     assert lines[0].startswith("source,available,rows,joined,unjoined") and len(lines) == 25
-    assert lines[3].startswith("svamp/chatgpt/level1,True,700,700,0,0,0,0.9871,35.3,")
+    assert lines[3].startswith("svamp/chatgpt/level1,True,700,700,0,0,0,0,0.9871,35.3,")  # ...,test_overlap,missing,empty,...
     r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a.txt")])
     assert isinstance(r.exception, CotdistillError) and "expected a .csv or .json" in str(r.exception)
 
@@ -194,3 +223,15 @@ def test_cli_end_to_end_errors_and_grade(tmp_path, data_dir):
     r = run("grade", str(preds), "--out", str(tmp_path / "graded2.jsonl"), env_data=data_dir)
     assert r.returncode == 2 and "preds.jsonl:2: malformed JSON line" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "graded2.jsonl").exists()
+
+
+def test_a_study_asking_for_a_missing_release_names_the_teach_command(tmp_path, data_dir):
+    repo = Path(__file__).resolve().parents[1]
+    study = tmp_path / "lacks.yaml"
+    study.write_text((repo / "configs" / "gsm8k.yaml").read_text().replace("  - gsm8k/human\n", "  - gsm8k/chatgpt/level3\n"))
+    r = subprocess.run([sys.executable, "-m", "cotdistill", "study", str(study), "--check", "--data-dir", str(data_dir)],
+                       capture_output=True, text=True)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr
+    assert "'gsm8k/chatgpt/level3' is unavailable" in lines[0]
+    assert "`cotdistill teach --dataset gsm8k --teacher openai:MODEL --level 3 --format cot --out " in lines[0]

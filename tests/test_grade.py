@@ -131,12 +131,14 @@ def test_unknown_kind_is_a_clear_error():
         grade("The answer is 3", "3", "numeric")
 
 
-def test_model_text_is_never_executed(tmp_path):
-    marker = tmp_path / "pwned"
-    payload = f"The answer is __import__('os').system('touch {marker}')"
-    for kind in ("number", "math"):
+def test_model_text_is_never_executed(tmp_path, monkeypatch):
+    # The payload names a relative file (no digits, nothing from the temporary path, which may hold
+    # the digit graded against: "pytest-0"); run from tmp_path so that executing it would create it there.
+    monkeypatch.chdir(tmp_path)
+    payload = "The answer is __import__('os').system('touch pwned')"
+    for kind in ("number", "math", "choice", "boolean"):
         assert grade(payload, "0", kind).correct is False
-    assert not marker.exists()
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_states_answer():

@@ -163,9 +163,22 @@ def normalise_question(text: str) -> str:
     """Join key: the question as rendered canonically, lower-cased, with NO whitespace at all
     (upstream copies differ in spacing around punctuation: 'for$ 4' vs 'for $4')."""
     stem, choices = parse_choices(text)
-    rendered = render_question(stem, choices).lower()
-    rendered = rendered.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
-    return "".join(rendered.split())
+    return _squash(render_question(stem, choices))
+
+
+def _squash(text: str) -> str:
+    text = text.lower().replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
+    return "".join(text.split())
+
+
+def leak_key(text: str) -> str:
+    """Identity of a question for the leak check: its normalised stem and the SET of its choices
+    (14 OpenBookQA test questions equal a training question up to the order of the choices)."""
+    stem, choices = parse_choices(text)
+    stem = render_question(stem, None)
+    if not choices:
+        return _squash(stem)
+    return _squash(stem) + "|" + "|".join(sorted(_squash(c) for c in choices.values()))
 
 
 def number_text(x) -> str:

@@ -2,8 +2,10 @@
 
 The `output` of aqua_only_ans is a clean letter for ~5,400 rows and free text for the rest
 ("Option E", "C 6.5 miles ...", ":(OptionC"). Train gold, in order: the clean letter; else the
-letter the human rationale (cot/aqua_human, "The answer is X") ends with; else the letter the
-grader extracts from `output`. Rows where none of these gives a letter (5 of 6940) are left out
+letter the human rationale (cot/aqua_human, "The answer is X") ends with; else the letter
+`output` opens with ("B50%", "D West"); else the letter the grader extracts from `output`.
+docs/data_audit.md lists the golds this derivation changed when the grader's letter rules were
+fixed (capitals in notation such as 8C3 are not options). Rows where none of these gives a letter (5 of 6940) are left out
 of the train split; `load_train_report` says how many.
 """
 
@@ -40,6 +42,20 @@ def _human_letters(data_dir: Path) -> dict[str, str]:
     return out
 
 
+# An answer-only output that opens with its option letter: "B50%", "D West", "A 230 m", ":D454585".
+_OPENING_LETTER = re.compile(r"[\s'\"(:\-]*([A-E])(?![a-z])")
+
+
+def _extracted_letter(output: str, choices: dict[str, str]) -> str | None:
+    """The letter of a free-text answer-only output: the letter it opens with, else the grader's."""
+    from cotdistill.grade import extract_answer
+
+    m = _OPENING_LETTER.match(output)
+    if m and m.group(1) in choices:
+        return m.group(1)
+    return extract_answer(output, "choice", choices)[0]
+
+
 def _train(data_dir: Path) -> tuple[list[Example], int]:
     path = require_file(data_dir, "cot/aqua_only_ans.json")
     human = find_file(data_dir, "cot/aqua_human.json")
@@ -64,7 +80,7 @@ def _train_cached(path: Path, _stamp: tuple, data_dir: Path) -> tuple[tuple[Exam
             human = _human_letters(data_dir) if human is None else human
             gold, source = human.get(normalise_question(r["instruction"])), "human"
         if gold is None:
-            gold, source = extract_answer(r["output"], "choice", choices)[0], "extracted"
+            gold, source = _extracted_letter(r["output"], choices), "extracted"
         if gold is None or gold not in choices:
             dropped += 1
             continue

@@ -1,5 +1,6 @@
 """GSM8K: openai/grade-school-math train.jsonl (7473) and test.jsonl (1319); gold after '####'."""
 
+import re
 from pathlib import Path
 
 from cotdistill.benchmarks import Example
@@ -19,3 +20,17 @@ def load(split: str, data_dir: Path) -> list[Example]:
                     meta={"human_rationale": rationale.strip()})
         )
     return out
+
+
+_CALCULATOR = re.compile(r"<<[^<>]*>>")
+
+
+def human_rationale(answer: str) -> str:
+    """GSM8K's own solution as a rationale: calculator annotations <<48/2=24>> removed and the
+    final "#### 72" written as "The answer is 72." (the form every released rationale ends with)."""
+    body, _, final = answer.rpartition("####")
+    if not _:
+        body, final = answer, ""
+    body = _CALCULATOR.sub("", body).strip()
+    final = final.strip()
+    return f"{body}\nThe answer is {final}." if final else body

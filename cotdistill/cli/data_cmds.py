@@ -71,6 +71,14 @@ def audit_cmd(
             for r in records])
     avail = [r for r in records if r["available"]]
     typer.echo(f"{len(avail)} available sources, {len(records) - len(avail)} unavailable")
+    from cotdistill.benchmarks import DATASETS
+    from cotdistill.data import split_duplicates
+
+    dups = [split_duplicates(d, data_dir) for d in ([dataset] if dataset else DATASETS)]
+    _table("test questions that repeat a training question (exact: same text and set of choices; near: "
+           "word-trigram Jaccard >= 0.8)", ["dataset", "train", "test", "exact", "near", "first examples (test, train)"],
+           [[d["dataset"], d["train"], d["test"], d["exact"], d["near"],
+             ", ".join(f"{t}={u}" for t, u, _ in d["examples"][:3])] for d in dups])
     if out is not None:
         atomic_write_text(out, audit_to_csv(records) if out.suffix == ".csv" else audit_to_json(records))
         write_provenance(out.with_name(out.name + ".provenance.json"),
@@ -102,10 +110,11 @@ def fetch_cmd(
 def grade_cmd(
     file: Annotated[Path, typer.Argument(help="JSONL: response + gold + kind, or response + dataset + id, per line.")],
     out: Annotated[Optional[Path], typer.Option(help="Graded JSONL (default: FILE with .graded.jsonl).")] = None,
+    protocol: Annotated[str, typer.Option(help="lenient (our fallbacks) or paper (only 'The answer is X', as the paper's scripts read it).")] = "lenient",
     data_dir: DataDir = None,
 ) -> None:
     """Grade any model's outputs: adds extracted, correct and reason to every line; prints the accuracy."""
     from cotdistill.grade import grade_file
 
-    r = grade_file(file, out, data_dir)
-    typer.echo(f"accuracy {r.accuracy:.4f} ({r.correct}/{r.n}; {r.no_answer} without an answer) -> {r.out}")
+    r = grade_file(file, out, data_dir, protocol=protocol)
+    typer.echo(f"accuracy {r.accuracy:.4f} ({r.correct}/{r.n}; {r.no_answer} without an answer; protocol {protocol}) -> {r.out}")
