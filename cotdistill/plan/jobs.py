@@ -84,7 +84,8 @@ JOB_ADAPTER: TypeAdapter = TypeAdapter(Job)
 
 
 class Plan(BaseModel):
-    """Jobs in an order that respects their dependencies (teach, then train, then eval)."""
+    """Jobs cell by cell, each cell's after those it needs: run in this order, a cell's result
+    comes as soon as its own jobs are done."""
 
     model_config = ConfigDict(extra="forbid")
     jobs: dict[str, Job]
@@ -176,9 +177,7 @@ def build_plan(cells: list[Cell], resources: dict[str, ResourceSpec] | None = No
             name=name, key=cell.key(), deps=deps, cell=cell.slug, model=model, dataset=cell.dataset,
             settings=dict(cell.eval), out=f"cells/{cell.slug}/eval",
             resources=_resources("eval", resources, cell.student, data_dir), label="eval " + cell.label())
-    order = {"teach": 0, "train": 1, "eval": 2}
-    ordered = dict(sorted(jobs.items(), key=lambda kv: order[kv[1].kind]))  # stable within a kind
-    return Plan(jobs=ordered, cells=cells)
+    return Plan(jobs=jobs, cells=cells)
 
 
 # ---------------------------------------------------------------------------- resources
