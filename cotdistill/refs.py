@@ -45,6 +45,7 @@ def resolve(ref: str, data_dir: Path | str | None, study_dir: Path | str | None)
 
 def display_name(ref: str) -> str:
     """A short readable name: the file name of a path reference, else the reference."""
-    if ref.startswith((DATA, STUDY)) or Path(ref).is_absolute():
-        return Path(ref.split(":", 1)[-1] if not Path(ref).is_absolute() else ref).name
-    return ref
+    for prefix in (DATA, STUDY):
+        if ref.startswith(prefix):
+            return Path(ref[len(prefix) :]).name
+    return Path(ref).name if Path(ref).is_absolute() else ref

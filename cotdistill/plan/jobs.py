@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from cotdistill import refs
-from cotdistill.plan.cells import Cell, _hash, _safe
+from cotdistill.plan.cells import Cell, _safe
 from cotdistill.plan.spec import ResourceSpec
 
 JOBS_DIR = "jobs"
