@@ -248,3 +248,20 @@ def test_unreachable_ray_address_fails_fast_with_one_line(tmp_path, tiny_student
     assert r.stderr.strip() == (f"error: cannot reach the Ray cluster at 127.0.0.1:{port} (Connection refused); "
                                 "start one with `ray start --head` or fix --ray-address")
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_failing_job_is_recorded_with_its_log_and_the_study_exits_1(tmp_path, tiny_student, data_dir):
+    body = FOUR_CELLS.replace("tiny_supervision.jsonl, none]", "]").split("cells:")[0] + (
+        "cells:\n  - {student: STUDENT, supervision: tiny_supervision.jsonl, train: {max_length: 8}}\n")
+    path = make_study(tmp_path, tiny_student, body)  # every prompt is longer than 8 tokens: training fails
+    out = tmp_path / "run"
+    r = cli(str(path), "--out", str(out), "--data-dir", str(data_dir), "--executor", "subprocess", "--plain")
+    assert r.returncode == 1 and "1 cell(s) failed" in r.stderr, r.stderr
+    acc, _ = outputs(out)
+    assert [s for s, _, _ in acc.values()] == ["failed"]
+    err = json.loads(next(out.glob("jobs/train-*/error.json")).read_text())
+    assert "max-length" in err["error"] and err["log"].endswith("log.txt")
+    assert "max-length" in (out / err["log"]).read_text()
+    assert not list(out.glob("jobs/eval-*tiny*/error.json"))  # its eval did not run: the cell names the train error
+    with open(out / "results.csv") as f:
+        assert any(row["error"].startswith("train: ") for row in csv.DictReader(f))

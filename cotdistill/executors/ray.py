@@ -83,15 +83,21 @@ class RayExecutor(Executor):
         self.task = ray.remote(_ray_task)
         resources = ray.cluster_resources()
         self.max_parallel = self.settings.max_parallel or max(1, int(resources.get("CPU", 1)))
-        self.max_memory = max((n["Resources"].get("memory", 0) for n in ray.nodes() if n["Alive"]), default=0)
+        alive = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+        self.largest = {k: max((n.get(k, 0) for n in alive), default=0) for k in ("CPU", "GPU", "memory")}
         check_shared_storage(ray, self.study_dir)
 
     def submit(self, job) -> None:
         r = job.resources
+        if r.gpus > self.largest["GPU"]:  # Ray would keep the task waiting forever
+            raise CotdistillError(f"job {job.name} asks for {r.gpus:g} GPU(s) but no Ray node has that many; "
+                                  "set resources: {train: {gpus: ...}, eval: {gpus: ...}} in the study file")
+        # CPUs and memory are estimates from the driver's machine: no more than the largest node has
+        cpus = min(r.cpus, self.largest["CPU"]) if self.largest["CPU"] else r.cpus
         memory = r.memory_mb * 2**20
-        if self.max_memory:  # a request larger than any node would wait forever
-            memory = min(memory, self.max_memory)
-        opts = dict(num_cpus=r.cpus, num_gpus=r.gpus, memory=int(memory), max_retries=self.max_retries,
+        if self.largest["memory"]:
+            memory = min(memory, self.largest["memory"])
+        opts = dict(num_cpus=cpus, num_gpus=r.gpus, memory=int(memory), max_retries=self.max_retries,
                     retry_exceptions=False, name=job.name)
         data_dir = str(self.data_dir) if self.data_dir else None
         ref = self.task.options(**opts).remote(job.model_dump_json(), str(self.study_dir), data_dir, self.queue)
