@@ -88,11 +88,16 @@ def test_plan_shares_train_jobs_and_keys_ignore_the_study_folder(tmp_path, tiny_
     for job in plan.jobs.values():
         assert str(tmp_path) not in job.model_dump_json().replace(str(tmp_path / "tiny_supervision.jsonl"), "")
         assert job.resources.cpus == 1 and job.resources.memory_mb > 1000
-    # A released name stays a name; a file under the data directory is data-relative.
-    body = FOUR_CELLS.replace("tiny_supervision.jsonl, none", f"{data_dir}/cot/svamp/chatgpt_level1.jsonl, none")
-    if (data_dir / "cot" / "svamp" / "chatgpt_level1.jsonl").is_file():
-        cells = study.expand_cells(study.load_study(make_study(tmp_path, tiny_student, body)), data_dir)
-        assert any(c.supervision.name == "data:cot/svamp/chatgpt_level1.jsonl" for c in cells)
+    # A file under the data directory is named relative to it: the key survives the data moving.
+    from cotdistill import refs
+    from cotdistill.plan.cells import check_student
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_student, data / "models" / "tiny")
+    assert check_student(cfg, str(data / "models" / "tiny"), ("students", 0), data) == "data:models/tiny"
+    assert refs.resolve("data:models/tiny", tmp_path / "moved", None) == str(tmp_path / "moved" / "models" / "tiny")
+    assert refs.resolve("study:models/m", None, tmp_path / "s") == str(tmp_path / "s" / "models" / "m")
+    assert refs.resolve("svamp/chatgpt/level1", None, None) == "svamp/chatgpt/level1"
 
 
 # ---------------------------------------------------------------- the same study, three executors
