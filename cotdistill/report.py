@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cotdistill import metrics
-from cotdistill.errors import CotdistillError
+from cotdistill import metrics, refs
 from cotdistill.provenance import atomic_write_text, write_provenance
+from cotdistill.results import CellResult, read_results
 
 BASELINES = ("answer-only", "human", "zero-shot")  # teachers that are not a teacher LLM
 BASELINE_LABEL = {"answer-only": "answer-only", "human": "human rationales", "zero-shot": "zero-shot (untrained)"}
@@ -31,32 +31,9 @@ ALPHA = 0.05
 # ============================================================================ loading a study
 
 
-def _read_results(study_dir: Path) -> list[dict]:
-    path = study_dir / "results.csv"
-    if not path.is_file():
-        raise CotdistillError(f"{study_dir} is not a study folder (no results.csv); run `cotdistill study` first")
-    with open(path, encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for k in ("accuracy", "ci_low", "ci_high", "mean_output_tokens", "stopped_share"):
-            r[k] = float(r[k]) if r.get(k) not in (None, "") else None
-        r["level"] = int(r["level"]) if r.get("level") not in (None, "") else None
-    return rows
-
-
 def _study_meta(study_dir: Path) -> dict:
     path = study_dir / "study.provenance.json"
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _cells(study_dir: Path) -> dict[str, Any]:
-    """slug -> study.Cell, from the study's provenance."""
-    from cotdistill.study import Cell
-
-    out = {}
-    for c in _study_meta(study_dir).get("cells", []):
-        out[c["slug"]] = Cell.model_validate({k: v for k, v in c.items() if k in Cell.model_fields})
-    return out
 
 
 def _predictions(study_dir: Path, slug: str, seed: Any) -> dict[tuple, bool]:
@@ -72,15 +49,6 @@ def _predictions(study_dir: Path, slug: str, seed: Any) -> dict[tuple, bool]:
 
 
 # ============================================================================ supervision metrics
-
-
-def _supervision_source(cell: Any, study_dir: Path) -> str | None:
-    sup = cell.supervision
-    if sup.kind == "none":
-        return None
-    if sup.kind == "teacher":
-        return str(study_dir / "supervision" / f"{cell.dataset}-{sup.name}.jsonl")
-    return sup.name
 
 
 def _token_counter(student: str, cache: dict):
@@ -116,12 +84,15 @@ def write_supervision_metrics(study_dir: Path, data_dir: Path | None = None) -> 
     tokenizers: dict = {}
     out: list[dict] = []
     seen: set = set()
-    for slug, cell in _cells(study_dir).items():
-        source = _supervision_source(cell, study_dir)
-        if source is None or (cell.supervision.kind == "teacher" and not Path(source).is_file()):
+    for r in read_results(study_dir):
+        if r.supervision_source is None:
             continue
-        limit = (cell.train or {}).get("limit")
-        key_obj = {"source": source, "sha256": cell.supervision.sha256, "limit": limit, "student": cell.student}
+        source = refs.resolve(r.supervision_source, data_dir, study_dir)
+        if r.supervision_kind == "teacher" and not Path(source).is_file():
+            continue
+        limit = r.train_limit
+        key_obj = {"source": r.supervision_source, "sha256": r.supervision_sha256, "limit": limit,
+                   "student": r.student_ref}
         key = json.dumps(key_obj, sort_keys=True)
         if key in seen:
             continue
@@ -132,14 +103,15 @@ def write_supervision_metrics(study_dir: Path, data_dir: Path | None = None) -> 
         else:
             sup = load_supervision(source, data_dir)
             rows = sup.rows[:limit] if limit else sup.rows
-            m = metrics.supervision_metrics(rows, _grade_fn, _token_counter(cell.student, tokenizers))
+            student = refs.resolve(r.student_ref, data_dir, study_dir)
+            m = metrics.supervision_metrics(rows, _grade_fn, _token_counter(student, tokenizers))
             record = {
-                "supervision": cell.supervision.name if cell.supervision.kind != "path" else Path(source).name,
-                "dataset": cell.dataset,
-                "teacher": cell.supervision.teacher,
-                "level": cell.supervision.level,
-                "format": cell.supervision.format,
-                "student_tokenizer": _short_student(cell.student),
+                "supervision": r.supervision,
+                "dataset": r.dataset,
+                "teacher": r.teacher,
+                "level": r.level,
+                "format": r.format,
+                "student_tokenizer": r.student,
                 "limit": limit,
                 **m.as_dict(),
             }
@@ -154,12 +126,6 @@ def write_supervision_metrics(study_dir: Path, data_dir: Path | None = None) -> 
     return out
 
 
-def _short_student(student: str) -> str:
-    from cotdistill.study import short_name
-
-    return short_name(student)
-
-
 # ============================================================================ conditions
 
 
@@ -172,20 +138,20 @@ class Condition:
     teacher: str
     level: int | None
     format: str
-    rows: list[dict] = field(default_factory=list)
+    rows: list[CellResult] = field(default_factory=list)
     correct: dict[tuple, bool] = field(default_factory=dict)  # (seed, question id) -> correct
 
     @property
     def accuracy(self) -> float:
         if self.correct:
             return sum(self.correct.values()) / len(self.correct)
-        accs = [r["accuracy"] for r in self.rows if r["accuracy"] is not None]
+        accs = [r.accuracy for r in self.rows if r.accuracy is not None]
         return sum(accs) / len(accs) if accs else float("nan")
 
     @property
     def ci(self) -> tuple[float, float]:
-        if len(self.rows) == 1 and self.rows[0]["ci_low"] is not None:
-            return self.rows[0]["ci_low"], self.rows[0]["ci_high"]
+        if len(self.rows) == 1 and self.rows[0].ci_low is not None:
+            return self.rows[0].ci_low, self.rows[0].ci_high
         return metrics.bootstrap_ci(list(self.correct.values())) if self.correct else (float("nan"),) * 2
 
     @property
@@ -201,15 +167,15 @@ class Condition:
         return {k[0] for k in self.correct}
 
 
-def _conditions(study_dir: Path, rows: list[dict]) -> list[Condition]:
+def _conditions(study_dir: Path, rows: list[CellResult]) -> list[Condition]:
     by: dict[tuple, Condition] = {}
     for r in rows:
-        if r["status"] != "done" or r["accuracy"] is None:
+        if r.status != "done" or r.accuracy is None:
             continue
-        key = (r["dataset"], r["student"], r["teacher"], r["level"], r["format"])
+        key = (r.dataset, r.student, r.teacher, r.level, r.format)
         c = by.setdefault(key, Condition(*key))
         c.rows.append(r)
-        c.correct.update(_predictions(study_dir, r["cell"], r["seed"]))
+        c.correct.update(_predictions(study_dir, r.cell, r.seed))
     return list(by.values())
 
 
@@ -443,7 +409,7 @@ def render_html(doc: Doc, title: str) -> str:
 def write_report(study_dir: Path, data_dir: Path | None = None) -> Path:
     """Write report.md, report.html and figures/ for a study folder; return the HTML path."""
     study_dir = Path(study_dir)
-    rows = _read_results(study_dir)
+    rows = read_results(study_dir)
     meta = _study_meta(study_dir)
     cfg = meta.get("config", {})
     title = cfg.get("name") or study_dir.name
@@ -456,7 +422,7 @@ def write_report(study_dir: Path, data_dir: Path | None = None) -> Path:
         doc.p(cfg["description"])
     counts = defaultdict(int)
     for r in rows:
-        counts[r["status"]] += 1
+        counts[r.status] += 1
     doc.p(
         f"{len(rows)} cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         + f". Study folder `{study_dir}`; per-cell predictions in `cells/<cell>/eval/predictions.jsonl`; "
@@ -478,11 +444,11 @@ def write_report(study_dir: Path, data_dir: Path | None = None) -> Path:
         _teacher_section(doc, dataset, dconds, fig_dir, sup_metrics)
         _baseline_section(doc, dataset, dconds)
     _metrics_section(doc, rows, sup_metrics, study_dir, fig_dir)
-    failed = [r for r in rows if r["status"] == "failed"]
+    failed = [r for r in rows if r.status == "failed"]
     if failed:
         doc.h(2, "Failed cells")
-        doc.p("These cells raised an error; re-running the study retries them (details in `cells/<cell>/error.json`).")
-        doc.table(["cell", "error"], [[r["cell"], r.get("error") or ""] for r in failed])
+        doc.p("These cells raised an error; re-running the study retries them (details in `jobs/<job>/error.json`).")
+        doc.table(["cell", "error"], [[r.cell, r.error or ""] for r in failed])
 
     md = render_markdown(doc, study_dir)
     atomic_write_text(study_dir / "report.md", md)
@@ -493,18 +459,18 @@ def write_report(study_dir: Path, data_dir: Path | None = None) -> Path:
     return out
 
 
-def _results_section(doc: Doc, rows: list[dict]) -> None:
+def _results_section(doc: Doc, rows: list[CellResult]) -> None:
     doc.h(2, "Results")
     headers = ["dataset", "student", "teacher", "level", "format", "seed", "train ex.", "accuracy %", "95 % CI",
                "mean out tok", "train s", "eval s", "train tok/s", "eval tok/s", "status"]  # fmt: skip
     table = []
-    for r in sorted(rows, key=lambda r: (r["dataset"], r["student"], r["teacher"], r["level"] or 0, r["format"], r["seed"])):
-        ci = f"{_pct(r['ci_low'])}–{_pct(r['ci_high'])}" if r["ci_low"] is not None else "–"
-        table.append([r["dataset"], r["student"], r["teacher"], _num(r["level"], "{:.0f}"), r["format"], r["seed"],
-                      _num(r.get("train_examples"), "{:.0f}"), _pct(r["accuracy"]), ci,
-                      _num(r["mean_output_tokens"], "{:.1f}"), _num(r.get("train_seconds"), "{:.0f}"),
-                      _num(r.get("eval_seconds"), "{:.0f}"), _num(r.get("train_tokens_per_s"), "{:.0f}"),
-                      _num(r.get("eval_tokens_per_s"), "{:.1f}"), r["status"]])  # fmt: skip
+    for r in sorted(rows, key=lambda r: (r.dataset, r.student, r.teacher, r.level or 0, r.format, r.seed)):
+        ci = f"{_pct(r.ci_low)}–{_pct(r.ci_high)}" if r.ci_low is not None else "–"
+        table.append([r.dataset, r.student, r.teacher, _num(r.level, "{:.0f}"), r.format, str(r.seed),
+                      _num(r.train_examples, "{:.0f}"), _pct(r.accuracy), ci,
+                      _num(r.mean_output_tokens, "{:.1f}"), _num(r.train_seconds, "{:.0f}"),
+                      _num(r.eval_seconds, "{:.0f}"), _num(r.train_tokens_per_s, "{:.0f}"),
+                      _num(r.eval_tokens_per_s, "{:.1f}"), r.status])  # fmt: skip
     doc.table(headers, table)
 
 
@@ -699,21 +665,18 @@ def _metrics_section(doc: Doc, rows: list[dict], sup_metrics: list[dict], study_
     atomic_write_text(study_dir / "supervision_correlations.csv", buf.getvalue())
 
 
-def _metric_points(rows: list[dict], sup_metrics: list[dict], study_dir: Path) -> list[tuple[dict, float, str]]:
+def _metric_points(rows: list[CellResult], sup_metrics: list[dict], study_dir: Path) -> list[tuple[dict, float, str]]:
     """(metrics of the cell's supervision, cell accuracy, student) for every finished trained cell."""
-    cells = _cells(study_dir)
     by_key = {}
     for m in sup_metrics:
         by_key[(m["supervision"], m["dataset"], m["limit"], m["student_tokenizer"])] = m
     points = []
     for r in rows:
-        cell = cells.get(r["cell"])
-        if r["status"] != "done" or r["accuracy"] is None or cell is None or cell.supervision.kind == "none":
+        if r.status != "done" or r.accuracy is None or r.supervision_kind == "none":
             continue
-        name = cell.supervision.name if cell.supervision.kind != "path" else Path(cell.supervision.name).name
-        m = by_key.get((name, cell.dataset, (cell.train or {}).get("limit"), _short_student(cell.student)))
+        m = by_key.get((r.supervision, r.dataset, r.train_limit, r.student))
         if m:
-            points.append((m, r["accuracy"], r["student"]))
+            points.append((m, r.accuracy, r.student))
     return points
 
 

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from cotdistill import metrics, report, study
+from cotdistill import metrics, report, results, study
 from cotdistill.errors import CotdistillError
+from cotdistill.plan.jobs import job_dir
 from cotdistill.provenance import atomic_write_text
+from cotdistill.results import JobRecord
 
 N = 20  # test questions per cell
 
@@ -44,6 +46,13 @@ RIGHT = {
 }  # fmt: skip
 
 
+def _done(study_dir: Path, job, result: dict) -> None:
+    """A job's done.json, as a worker writes it."""
+    rec = JobRecord(name=job.name, kind=job.kind, key=job.key, status="done", host="h", pid=1, started=0.0,
+                    seconds=1.0, result=result)
+    atomic_write_text(job_dir(study_dir, job.name) / "done.json", rec.model_dump_json())
+
+
 @pytest.fixture(scope="module")
 def synthetic_study(tmp_path_factory, tiny_student, tiny_chat_student, data_dir) -> Path:
     root = tmp_path_factory.mktemp("report")
@@ -52,27 +61,27 @@ def synthetic_study(tmp_path_factory, tiny_student, tiny_chat_student, data_dir)
     shutil.copytree(tiny_chat_student, weak)
     (root / "study.yaml").write_text(STUDY.replace("STRONG", str(strong)).replace("WEAK", str(weak)))
     cfg = study.load_study(root / "study.yaml")
-    cells = study.expand_cells(cfg, data_dir)
+    plan = study.plan_study(cfg, data_dir)
     out = root / "run"
-    study.init_study_dir(cfg, cells, out, data_dir)
-    rows = []
-    for cell in cells:
+    study.init_study_dir(cfg, plan, out, data_dir)
+    for cell in plan.cells:
         sup = cell.supervision
         k = RIGHT[(Path(cell.student).name, sup.teacher, sup.level, sup.format)]
         correct = [i < k for i in range(N)]
-        cdir = study.cell_dir(out, cell)
+        ejob = plan.eval_job(cell)
         preds = "".join(json.dumps({"id": f"svamp/test/{i}", "correct": c, "generated_tokens": 30}) + "\n"
                         for i, c in enumerate(correct))  # fmt: skip
-        atomic_write_text(cdir / "eval" / "predictions.jsonl", preds)
+        atomic_write_text(out / ejob.out / "predictions.jsonl", preds)
         lo, hi = metrics.bootstrap_ci(correct)
         summary = {"accuracy": k / N, "ci_low": lo, "ci_high": hi, "n": N, "correct": k, "mean_output_tokens": 30.0,
                    "stopped_share": 1.0, "tokens_per_s": 50.0, "seconds": 4.0}  # fmt: skip
-        row = study.results_row(cell, "done", summary=summary,
-                                train_info={"train_examples": 30, "train_seconds": 10.0, "train_tokens_per_s": 900.0})
-        atomic_write_text(cdir / "done.json", json.dumps({"row": row}))
-        rows.append(row)
-    rows.append(study.results_row(cells[0].model_copy(update={"seed": 7}), "failed", error="CotdistillError: boom"))
-    study.write_results(out, rows)
+        _done(out, ejob, summary)
+        for dep in ejob.deps:
+            _done(out, plan.jobs[dep], {"n_examples": 30, "seconds": 10.0, "tokens_per_s": 900.0})
+    records = study.collect_results(plan, out)
+    failed = records[0].model_copy(update={"cell": records[0].cell + "-x", "seed": 7, "status": "failed",
+                                           "accuracy": None, "error": "CotdistillError: boom"})
+    results.write_results(out, records + [failed])
     # The report is written once, through the CLI command (in-process: typer's runner).
     from typer.testing import CliRunner
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from cotdistill import study
+from cotdistill import plan, study
 from cotdistill.errors import CotdistillError
+from cotdistill.plan.jobs import job_dir
 
 ASSETS = Path(__file__).parent / "assets" / "study"
 CLI = Path(sys.executable).parent / "cotdistill"
@@ -92,12 +93,12 @@ def test_bad_study_rejected_before_anything_runs(tmp_path, tiny_student, data_di
 
 
 def test_expand_braces():
-    assert study.expand_braces("svamp/chatgpt/level{1..3}") == [f"svamp/chatgpt/level{i}" for i in (1, 2, 3)]
-    assert study.expand_braces("svamp/{chatgpt,gemini}/level{5..4}") == [
+    assert plan.expand_braces("svamp/chatgpt/level{1..3}") == [f"svamp/chatgpt/level{i}" for i in (1, 2, 3)]
+    assert plan.expand_braces("svamp/{chatgpt,gemini}/level{5..4}") == [
         "svamp/chatgpt/level5", "svamp/chatgpt/level4", "svamp/gemini/level5", "svamp/gemini/level4"]  # fmt: skip
-    assert study.expand_braces("plain") == ["plain"]
+    assert plan.expand_braces("plain") == ["plain"]
     with pytest.raises(CotdistillError, match="cannot expand"):
-        study.expand_braces("level{x}")
+        plan.expand_braces("level{x}")
 
 
 def test_grid_is_the_product_with_labels(tmp_path, tiny_student, data_dir):
@@ -112,8 +113,8 @@ def test_grid_is_the_product_with_labels(tmp_path, tiny_student, data_dir):
     assert (l3[0].supervision.teacher, l3[0].supervision.level, l3[0].supervision.format) == ("chatgpt", 3, "cot")
     path = [c for c in cells if c.supervision.kind == "path"][0]
     assert Path(path.supervision.name).is_absolute() and len(path.supervision.sha256) == 64
-    assert study.labels_of_released("svamp/chatgpt/level3/symbolic") == ("chatgpt", 3, "symbolic")
-    assert study.labels_of_released("svamp/answer-only") == ("answer-only", None, "answer-only")
+    assert plan.labels_of_released("svamp/chatgpt/level3/symbolic") == ("chatgpt", 3, "symbolic")
+    assert plan.labels_of_released("svamp/answer-only") == ("answer-only", None, "answer-only")
     # Resolved settings carry the stages' defaults, so the hash covers the full configuration.
     assert l3[0].train_resolved["lr"] == 5e-5 and l3[0].train_resolved["limit"] == 8
     assert l3[0].eval_resolved["limit"] == 4 and l3[0].eval_resolved["max_new_tokens"] == 8
@@ -186,31 +187,23 @@ def test_run_study_records_failure_goes_on_and_skips_done(tmp_path, tiny_student
         r = rows[name]
         assert r["status"] == "done" and r["n"] == "3" and 0 <= float(r["accuracy"]) <= 1
         assert (out / "cells" / r["cell"] / "eval" / "predictions.jsonl").is_file()
-        assert json.loads((out / "cells" / r["cell"] / "done.json").read_text())["row"]["cell"] == r["cell"]
+        assert json.loads((job_dir(out, "eval-" + r["cell"]) / "done.json").read_text())["status"] == "done"
     assert rows["tiny_supervision.jsonl"]["train_examples"] == "4" and rows["none"]["train_examples"] == "0"
-    failed_dir = out / "cells" / rows["svamp/chatgpt/level1"]["cell"]
-    assert "max-length" in json.loads((failed_dir / "error.json").read_text())["error"]
-    assert not (failed_dir / "done.json").exists()
+    failed_train = [p.parent for p in out.glob("jobs/train-*chatgpt*/error.json")]
+    assert len(failed_train) == 1 and "max-length" in json.loads((failed_train[0] / "error.json").read_text())["error"]
+    assert not (failed_train[0] / "done.json").exists()
+    assert not (job_dir(out, "eval-" + rows["svamp/chatgpt/level1"]["cell"]) / "done.json").exists()
     assert study.study_status(out) == {"done": 2, "failed": 1}
 
-    # A second run redoes nothing finished (run_cell would need the model; we make it fail loudly).
-    stamps = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/done.json")}
-    calls = []
-    real = study.run_cell
-
-    def spy(cell, *a, **k):
-        calls.append(cell.slug)
-        return real(cell, *a, **k)
-
-    study.run_cell = spy
-    try:
-        study.run_study(cfg, out, data_dir=data_dir, report=False)
-    finally:
-        study.run_cell = real
-    assert calls == [rows["svamp/chatgpt/level1"]["cell"]]  # only the failed cell is retried
-    assert {p: p.stat().st_mtime_ns for p in out.glob("cells/*/done.json")} == stamps
+    # A second run redoes nothing finished: only the failed train job starts again (and fails again).
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("jobs/*/done.json")}
+    starts = {p.parent.name: len(study.job_attempts(out, p.parent.name)) for p in out.glob("jobs/*/job.json")}
+    study.run_study(cfg, out, data_dir=data_dir, report=False)
+    again = {p.parent.name: len(study.job_attempts(out, p.parent.name)) for p in out.glob("jobs/*/job.json")}
+    assert {n for n in again if again[n] != starts[n]} == {failed_train[0].name}
+    assert {p: p.stat().st_mtime_ns for p in out.glob("jobs/*/done.json")} == stamps
     prov = json.loads((out / "study.provenance.json").read_text())
-    assert len(prov["cells"]) == 3 and "versions" in prov
+    assert len(prov["cells"]) == 3 and len(prov["jobs"]) == 5 and "versions" in prov
 
 
 # ---------------------------------------------------------------- kill -9 mid-cell, re-run
@@ -237,7 +230,7 @@ def test_kill_mid_cell_and_rerun_loses_and_redoes_nothing(tmp_path, tiny_student
     deadline = time.time() + 240
     killed_mid_cell = False
     while time.time() < deadline and proc.poll() is None:
-        done = list(out.glob("cells/*/done.json"))
+        done = list(out.glob("jobs/*/done.json"))
         ckpts = list(out.glob("models/*/checkpoints/checkpoint-*/trainer_state.json"))
         if len(done) == 1 and ckpts:
             proc.send_signal(signal.SIGKILL)
@@ -246,13 +239,13 @@ def test_kill_mid_cell_and_rerun_loses_and_redoes_nothing(tmp_path, tiny_student
         time.sleep(0.05)
     proc.wait(timeout=60)
     assert killed_mid_cell, proc.stdout.read()
-    first = list(out.glob("cells/*/done.json"))
+    first = list(out.glob("jobs/*/done.json"))
     assert len(first) == 1
     before = (first[0].stat().st_mtime_ns, first[0].read_text())
 
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "1 already done, 1 to run" in r.stderr
+    assert "2 cells, 3 jobs, 1 already done, 2 to run" in r.stderr
     assert (first[0].stat().st_mtime_ns, first[0].read_text()) == before  # the finished cell was not redone
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
@@ -262,24 +255,33 @@ def test_kill_mid_cell_and_rerun_loses_and_redoes_nothing(tmp_path, tiny_student
     assert len(list(out.glob("models/*/provenance.json"))) == 1
 
 
-def test_live_view_shows_counts_stage_and_time_left(tmp_path, tiny_student, data_dir):
+def test_live_view_shows_running_jobs_and_time_left(tmp_path, tiny_student, data_dir):
     import io
 
     from rich.console import Console
 
-    cells = study.expand_cells(study.load_study(make_study(tmp_path, tiny_student, GOOD)), data_dir)
-    console = Console(file=io.StringIO(), width=160, force_terminal=False)
-    view = study.LiveView(console)
-    view.start(cells, cells[:2])  # 2 of 7 already done
-    view.cell_started(cells[2])
-    view.ran_seconds = [100.0]  # as if one cell had taken 100 s in this run
-    view.progress("train", 3, 12)
+    from cotdistill.view import LiveView
+
+    jobs = study.plan_study(study.load_study(make_study(tmp_path, tiny_student, GOOD)), data_dir)
+    names = [n for n, j in jobs.jobs.items() if j.kind == "eval"] + [n for n, j in jobs.jobs.items() if j.kind == "train"]
+    assert len(names) == 13 and len(jobs.cells) == 7  # 7 eval jobs, 6 train jobs
+    names = names[7:9] + names[:7] + names[9:]  # 2 train jobs done, then the rest
+    console = Console(file=io.StringIO(), width=200, force_terminal=False)
+    view = LiveView(console)
+    view.start(jobs, set(names[:2]), "ray", parallel=2)  # 2 of 13 already done; 2 jobs at a time
+    a, b = jobs.jobs[names[-2]], jobs.jobs[names[-1]]  # two train jobs running
+    view.job_started(a)
+    view.job_started(b)
+    view.seconds = {"train": [100.0], "eval": [10.0]}  # as if one train job had taken 100 s, an eval 10 s
+    view.progress({"job": a.name, "stage": "train", "done": 3, "total": 12})
+    view.progress({"job": b.name, "stage": "train", "done": 5, "total": 12})
     console.print(view.render())
     view.stop()
     text = console.file.getvalue()
-    assert "2 done · 1 running · 0 failed · 4 left" in text
-    assert "train" in text and "3/12" in text and cells[2].label() in text
-    assert "left 8:1" in text or "left 8:2" in text  # about 5 cells x 100 s minus the current cell's seconds
+    assert "2 done · 2 running · 0 failed · 9 left" in text
+    assert "3/12" in text and "5/12" in text and a.label in text and b.label in text
+    # (2 train jobs left x 100 s + about 2 x 100 s running + 7 evals x 10 s) over 2 at once: about 235 s
+    assert "left 3:5" in text, text
 
 
 def test_teacher_spec_is_validated_against_teach_config(tmp_path, tiny_student, data_dir):

@@ -17,30 +17,43 @@ def study_cmd(
     out: Annotated[Optional[Path], typer.Option(help="Study folder; default runs/<file name>.")] = None,
     data_dir: DataDir = None,
     check: Annotated[bool, typer.Option("--check", help="Validate the study and list its cells; run nothing.")] = False,
+    plan: Annotated[bool, typer.Option("--plan", help="Print the jobs, their dependencies and which are done; run nothing.")] = False,
+    executor: Annotated[Optional[str], typer.Option(help="local (default), subprocess or ray; overrides the study file's executor:.")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster: auto or HOST:PORT; default: a local Ray for this run.")] = None,
+    max_parallel: Annotated[Optional[int], typer.Option(help="Jobs running at once (subprocess, ray).")] = None,
+    max_retries: Annotated[Optional[int], typer.Option(help="Re-runs of a job whose worker died.")] = None,
     plain: Annotated[bool, typer.Option("--plain", help="One line per event instead of the live view.")] = False,
 ) -> None:
-    """Run every cell of a study (supervision -> train -> eval), then write results.csv and the report.
-    Re-running skips finished cells and resumes a half-trained one."""
+    """Run every job of a study (teach -> train -> eval) on an executor, then write results.csv and
+    the report. Re-running skips finished jobs and resumes a half-trained one."""
     from cotdistill import study
+    from cotdistill.plan.jobs import is_done, plan_lines
+    from cotdistill.plan.spec import executor_settings
+    from cotdistill.view import LiveView, PlainView
 
     cfg = study.load_study(file)
-    cells = study.expand_cells(cfg, data_dir)  # every check happens here, before any cell runs
+    settings = executor_settings(cfg, name=executor, ray_address=ray_address, max_parallel=max_parallel,
+                                 max_retries=max_retries)
+    jobs = study.plan_study(cfg, data_dir)  # every check happens here, before any job runs
     out = out or Path("runs") / file.stem
     if check:
-        for c in cells:
-            mark = "done" if study.is_done(out, c) else "todo"
+        for c in jobs.cells:
+            mark = "done" if is_done(out, jobs.eval_job(c)) else "todo"
             print(f"{mark}  {c.slug}  {c.label()}")
-        print(f"{len(cells)} cells")
+        print(f"{len(jobs.cells)} cells")
         return
-    view = study.LiveView() if sys.stderr.isatty() and not plain else study.PlainView()
-    study_dir = study.run_study(cfg, out, data_dir=data_dir, view=view, cells=cells)
+    if plan:
+        print("\n".join(plan_lines(jobs, out)))
+        return
+    view = LiveView() if sys.stderr.isatty() and not plain else PlainView()
+    study_dir = study.run_study(cfg, out, data_dir=data_dir, view=view, cells=jobs.cells, executor=settings)
     counts = study.study_status(study_dir)
     print(f"cells: {', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}")
     print(f"results: {study_dir / 'results.csv'}")
     print(f"report: {(study_dir / 'report.html').resolve()}  (also report.md)")
-    if counts.get("failed"):
-        print(f"{counts['failed']} cell(s) failed; see cells/*/error.json; re-run the same command to retry them",
-              file=sys.stderr)
+    if counts.get("failed") or counts.get("pending"):
+        print(f"{counts.get('failed', 0)} cell(s) failed; see jobs/*/error.json (and log.txt); "
+              "re-run the same command to retry them", file=sys.stderr)
         raise typer.Exit(1)
 
 

@@ -1,0 +1,107 @@
+"""Typed records of finished work: a job's (done.json / error.json, written by whoever ran it)
+and a cell's (results.jsonl, written by the study's driver alone, read by the report).
+
+results.csv is the same cell records as a table for people; programs read results.jsonl.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cotdistill.errors import CotdistillError
+from cotdistill.provenance import atomic_write_text
+
+
+class JobRecord(BaseModel):
+    """The outcome of one job: its done.json (status done, written last) or error.json."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    kind: str
+    key: str = Field(description="The job's content key: a done.json counts only for the same key.")
+    status: Literal["done", "failed"]
+    host: str
+    pid: int
+    started: float = Field(description="Unix time the job started.")
+    seconds: float = Field(description="Wall-clock of the stage in this attempt.")
+    result: dict[str, Any] | None = Field(None, description="The stage's summary (TrainResult, EvalSummary, teach counts).")
+    error: str | None = Field(None, description="One line: what went wrong.")
+    traceback: str | None = None
+    log: str | None = Field(None, description="The worker's log, relative to the study folder (subprocess, ray).")
+
+
+class CellResult(BaseModel):
+    """One cell of a study: what it is, how it went, its numbers."""
+
+    model_config = ConfigDict(extra="forbid")
+    cell: str = Field(description="The cell's slug (its folder under cells/).")
+    status: Literal["done", "failed", "pending"]
+    label: str
+    dataset: str
+    student: str = Field(description="Short name of the student.")
+    student_ref: str = Field(description="The student as the study names it (alias, HF id, file reference).")
+    teacher: str
+    level: int | None
+    format: str
+    supervision: str = Field(description="Released name, file name, teacher slug or none.")
+    supervision_kind: Literal["released", "path", "teacher", "none"]
+    supervision_source: str | None = Field(description="What training read: released name or file reference (cotdistill.refs).")
+    supervision_sha256: str | None
+    seed: int
+    train_limit: int | None = Field(description="Training examples asked for (the first N).")
+    train_examples: int | None = None
+    accuracy: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int | None = None
+    correct: int | None = None
+    mean_output_tokens: float | None = None
+    stopped_share: float | None = None
+    train_seconds: float | None = None
+    eval_seconds: float | None = None
+    train_tokens_per_s: float | None = None
+    eval_tokens_per_s: float | None = None
+    final_loss: float | None = None
+    error: str | None = None
+
+
+CSV_COLUMNS = [
+    "cell", "status", "dataset", "student", "teacher", "level", "format", "supervision", "seed",
+    "train_examples", "accuracy", "ci_low", "ci_high", "n", "correct", "mean_output_tokens", "stopped_share",
+    "train_seconds", "eval_seconds", "train_tokens_per_s", "eval_tokens_per_s", "final_loss", "error",
+]  # fmt: skip
+
+
+def write_results(study_dir: Path, records: list[CellResult]) -> Path:
+    """results.jsonl (the records) and results.csv (the table); returns the CSV's path."""
+    study_dir = Path(study_dir)
+    atomic_write_text(study_dir / "results.jsonl", "".join(r.model_dump_json() + "\n" for r in records))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in records:
+        w.writerow({k: "" if v is None else v for k, v in r.model_dump().items()})
+    path = study_dir / "results.csv"
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def read_results(study_dir: Path) -> list[CellResult]:
+    path = Path(study_dir) / "results.jsonl"
+    if not path.is_file():
+        raise CotdistillError(f"{study_dir} is not a study folder (no results.jsonl); run `cotdistill study` first")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [CellResult.model_validate_json(line) for line in lines if line.strip()]
+
+
+def status_counts(study_dir: Path) -> dict[str, int]:
+    """Cells by status."""
+    counts: dict[str, int] = {}
+    for r in read_results(study_dir):
+        counts[r.status] = counts.get(r.status, 0) + 1
+    return counts
