@@ -228,6 +228,11 @@ def _pct(share: float) -> str:
     return f"{round(100 * share)} %"
 
 
+def _rung(share: float, rungs: list[tuple[float, str]]) -> str:
+    """The text of the first rung whose threshold the share reaches (rungs from high to low)."""
+    return next(text for threshold, text in rungs if share >= threshold).format(p=_pct(share))
+
+
 def instruction(level: int, s: dict) -> str:
     """Describe a released level from its statistics: length, layout, arithmetic, final check.
     Percentages are shares of the released level-N rationales."""
@@ -243,22 +248,17 @@ def instruction(level: int, s: dict) -> str:
         parts.append(f"Numbering the steps is optional ({_pct(s['numbered_share'])} do).")
     else:
         parts.append("Running text, not a numbered list.")
-    a = s["shows_arithmetic_share"]
-    if a >= 0.75:
-        parts.append(f"Write out the calculations with their results ({_pct(a)} do).")
-    elif a >= 0.35:
-        parts.append(f"Write out the key calculations where they help ({_pct(a)} show one).")
-    elif a >= 0.1:
-        parts.append(f"State the operations mostly in words ({_pct(a)} write out a calculation).")
-    else:
-        parts.append(f"Reason with facts, not calculations ({_pct(a)} write one out).")
-    c = s["final_check_share"]
-    if c >= 0.5:
-        parts.append(f"End with a check of the result ({_pct(c)} do).")
-    elif c >= 0.15:
-        parts.append(f"A short check of the result is optional ({_pct(c)} have one).")
-    else:
-        parts.append(f"No separate check of the result ({_pct(c)} have one).")
+    parts.append(_rung(s["shows_arithmetic_share"], [
+        (0.75, "Write out the calculations with their results ({p} do)."),
+        (0.35, "Write out the key calculations where they help ({p} show one)."),
+        (0.1, "State the operations mostly in words ({p} write out a calculation)."),
+        (0.0, "Reason with facts, not calculations ({p} write one out)."),
+    ]))
+    parts.append(_rung(s["final_check_share"], [
+        (0.5, "End with a check of the result ({p} do)."),
+        (0.15, "A short check of the result is optional ({p} have one)."),
+        (0.0, "No separate check of the result ({p} have one)."),
+    ]))
     return " ".join(parts)
 
 
