@@ -100,6 +100,9 @@ def test_derive_regenerates_the_committed_svamp_prompts(data_dir):
     s1, s6 = committed["svamp"][1], committed["svamp"][6]
     assert s1["stats"]["shows_arithmetic_share"] > 0.5 and "calculations" in s1["instruction"]
     assert s6["stats"]["final_check_share"] < 0.15 and "No separate check" in s6["instruction"]
+    from cotdistill.prompts.derive import levels_table
+
+    assert levels_table(committed) in (PROMPT_DIR.parents[1] / "docs" / "levels.md").read_text(encoding="utf-8")
 
 
 def test_teach_uses_the_prompt_of_its_dataset():
@@ -133,3 +136,11 @@ def test_data_compare_two_released_levels_through_the_cli(tmp_path, data_dir):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "levle6" in lines[0], r.stderr
     assert not bad.exists()
+
+
+def test_derive_errors_are_one_line_and_write_nothing(tmp_path, capsys):
+    from cotdistill.prompts.derive import main
+
+    assert main(["--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: data directory") and not (tmp_path / "p").exists()
