@@ -54,6 +54,8 @@ __all__ = [
     "load_supervision",
     "resolve_data_dir",
     "source_file",
+    "compare_supervision",
+    "supervision_profile",
 ]
 
 TEACHERS = ("chatgpt", "gemini", "llama", "human", "answer-only")
@@ -540,3 +542,51 @@ def fetch(to: Path, base_url: str | None = None, only: list[str] | None = None, 
         if progress is not None:
             progress(e["path"])
     return result
+
+
+# ---------------------------------------------------------------- compare
+
+# (label, key) of the rows `data compare` prints, in order: size, accuracy, length and steps, the
+# level-describing shares (see metrics.level_stats), then diversity.
+COMPARE_METRICS = (
+    ("rows", "rows"), ("questions", "questions"), ("teacher accuracy", "teacher_accuracy"),
+    ("words, mean", "words_mean"), ("words, median", "words_median"), ("words, 25th percentile", "words_q1"),
+    ("words, 75th percentile", "words_q3"), ("steps, mean", "steps_mean"), ("steps, median", "steps_median"),
+    ("operations, mean", "operations_mean"), ("share showing arithmetic", "shows_arithmetic_share"),
+    ("share with a final check", "final_check_share"), ("share numbered steps", "numbered_share"),
+    ("share on several lines", "multiline_share"), ("share stating 'The answer is'", "states_answer_share"),
+    ("sub-questions, mean", "subquestions_mean"), ("distinct-1", "distinct_1"), ("distinct-2", "distinct_2"),
+    ("within-question diversity", "within_question_diversity"),
+)
+
+
+def supervision_profile(source: str | Path, data_dir=None) -> dict:
+    """What one supervision set (released name or JSONL file) looks like: metrics.supervision_metrics
+    (accuracy graded where a row has a gold answer, length in words, diversity) and metrics.level_stats."""
+    from cotdistill.grade import grade
+    from cotdistill.metrics import level_stats, supervision_metrics
+
+    sup = load_supervision(source, data_dir)
+    if not sup.rows:
+        raise CotdistillError(f"supervision {source} has no rows to compare")
+
+    def correct(r: SupervisionRow) -> bool | None:
+        return None if r.gold is None or r.kind is None else grade(r.rationale, r.gold, r.kind, r.choices).correct
+
+    m = supervision_metrics(sup.rows, correct).as_dict()
+    profile = {"name": sup.name, **level_stats([r.rationale for r in sup.rows]),
+               **{k: v for k, v in m.items() if k not in ("length_mean", "length_std", "length_unit")}}
+    # NaN (nothing graded; one sample per question) is not JSON: None says "not measurable"
+    return {k: None if isinstance(v, float) and v != v else v for k, v in profile.items()}
+
+
+def compare_supervision(a: str | Path, b: str | Path, data_dir=None) -> dict:
+    """Two supervision sets side by side (e.g. a `teach` output against the released level it
+    imitates): {"a": profile, "b": profile, "rows": [{metric, key, a, b, diff}]}, diff = b - a."""
+    pa, pb = supervision_profile(a, data_dir), supervision_profile(b, data_dir)
+    rows = []
+    for label, key in COMPARE_METRICS:
+        va, vb = pa.get(key), pb.get(key)
+        diff = vb - va if isinstance(va, (int, float)) and isinstance(vb, (int, float)) else None
+        rows.append({"metric": label, "key": key, "a": va, "b": vb, "diff": diff})
+    return {"a": pa, "b": pb, "rows": rows}

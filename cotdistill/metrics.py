@@ -52,6 +52,61 @@ def count_subquestions(rationale: str) -> int:
     return rationale.count("?")
 
 
+# A check of the result: "check", "verify", "confirm", "substitute ... back", "plug ... back".
+_FINAL_CHECK = re.compile(
+    r"\b(?:check\w*|verif\w*|double[- ]check\w*|confirm\w*|substitut\w* (?:\w+ ){0,3}back|plug\w* (?:\w+ ){0,3}back)\b",
+    re.IGNORECASE,
+)
+# A numbered step at the start of a line: "1.", "2)", "Step 3:", "**Step 4**", "- 5.".
+_NUMBERED_LINE = re.compile(r"(?im)^\s*(?:[-*#]+\s*)?(?:\*\*)?(?:step\s*)?\d{1,2}(?:\*\*)?[.:)]")
+
+
+def rationale_shape(rationale: str) -> dict[str, int | bool]:
+    """What one rationale looks like, in the terms a granularity level is described by."""
+    operations = count_operations(rationale)
+    return {
+        "words": len(rationale.split()),
+        "steps": count_steps(rationale),
+        "operations": operations,
+        "shows_arithmetic": operations > 0,
+        "final_check": bool(_FINAL_CHECK.search(rationale)),
+        "numbered": len(_NUMBERED_LINE.findall(rationale)) >= 2,
+        "multiline": "\n" in rationale.strip(),
+        "states_answer": bool(_ANSWER_TAIL.search(rationale)),
+    }
+
+
+def level_stats(rationales: Sequence[str]) -> dict[str, float | int]:
+    """Length and step statistics of a set of rationales (a released level, or a teacher's output):
+    mean/median/quartiles of words, mean/median steps, mean operations, and the share of rationales
+    showing arithmetic, ending in a check, laid out as numbered steps or lines, stating the answer."""
+    return shape_stats([rationale_shape(t or "") for t in rationales])
+
+
+def shape_stats(shapes: Sequence[dict]) -> dict[str, float | int]:
+    """level_stats of rationales already measured by rationale_shape."""
+    if not shapes:
+        return {"rationales": 0}
+
+    def col(key: str) -> np.ndarray:
+        return np.array([s[key] for s in shapes], dtype=float)
+
+    words_, steps = col("words"), col("steps")
+    q1, q3 = np.quantile(words_, [0.25, 0.75])
+    return {
+        "rationales": len(shapes),
+        "words_mean": round(float(words_.mean()), 1),
+        "words_median": round(float(np.median(words_)), 1),
+        "words_q1": round(float(q1), 1),
+        "words_q3": round(float(q3), 1),
+        "steps_mean": round(float(steps.mean()), 2),
+        "steps_median": round(float(np.median(steps)), 1),
+        "operations_mean": round(float(col("operations").mean()), 2),
+        **{f"{key}_share": round(float(col(key).mean()), 3)
+           for key in ("shows_arithmetic", "final_check", "numbered", "multiline", "states_answer")},
+    }
+
+
 def distinct_n(texts: Sequence[str], n: int) -> float:
     """Distinct-n: unique n-grams / all n-grams over `texts` (Li et al., 2016). NaN if none."""
     total, unique = 0, set()

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from cotdistill.benchmarks import DATASETS
 from cotdistill.benchmarks._files import iter_json_lines
 from cotdistill.cache import ResponseCache, canonical_json, default_cache_path, request_key
 from cotdistill.errors import CotdistillError
@@ -529,7 +530,8 @@ def teach(cfg: TeachConfig) -> TeachResult:
         raise CotdistillError(f"--out {out} must end in .jsonl")
     teacher = resolve_teacher(cfg)
     questions = load_questions(cfg)
-    prompts = {k: teacher_prompt(k, cfg.level, cfg.format) for k in {q.kind for q in questions}}
+    dataset = cfg.dataset if cfg.dataset in DATASETS else None  # a question file: the kind's default dataset
+    prompts = {k: teacher_prompt(k, cfg.level, cfg.format, dataset) for k in {q.kind for q in questions}}
     jobs = [make_job(cfg, teacher, prompts[q.kind], q, s) for q in questions for s in range(cfg.samples)]
 
     counts = Counts()

@@ -59,7 +59,9 @@ def test_every_level_format_and_family_renders_from_files():
                 assert not any(f"${name}" in text for name in [*p.fields, "question"])  # all filled in
                 seen.add(p.hash)
             lengths.append(len(teacher_prompt(kind, level, "cot").fields["example_rationale"]))
-        assert lengths == sorted(lengths) and lengths[0] * 3 < lengths[-1], kind  # level 1 terse ... 6 detailed
+        # examples are released rationales, typical of their level (tests/test_prompts.py), not hand-made to
+        # grow 3x: the released levels' lengths do not rise strictly (MATH level 5 is shorter than level 4)
+        assert lengths[0] < lengths[-1], kind  # level 1 terse ... 6 detailed
     assert len(seen) == 4 * len(LEVELS) * len(formats())
     assert set(formats()) == {"cot", "subquestions", "rar", "symbolic"}
 

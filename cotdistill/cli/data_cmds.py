@@ -106,6 +106,33 @@ def fetch_cmd(
         raise typer.Exit(1)
 
 
+@data_app.command("compare")
+def compare_cmd(
+    a: Annotated[str, typer.Argument(help="A supervision set: a released name (svamp/chatgpt/level3) or a JSONL file (a teach output).")],
+    b: Annotated[str, typer.Argument(help="The other supervision set, compared with A.")],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the comparison as JSON to this file.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Compare two supervision sets on length, steps, operations and diversity: did a teacher follow the level?"""
+    import json
+
+    from cotdistill.data import compare_supervision
+    from cotdistill.provenance import atomic_write_text
+
+    if json_out is not None and json_out.suffix != ".json":
+        raise CotdistillError(f"--json {json_out}: expected a .json file name")
+    r = compare_supervision(a, b, data_dir)
+
+    def show(v) -> str | None:
+        return f"{v:.3f}".rstrip("0").rstrip(".") if isinstance(v, float) else v
+
+    _table(f"A = {r['a']['name']}   B = {r['b']['name']}   (lengths in words)", ["metric", "A", "B", "B - A"],
+           [[row["metric"], show(row["a"]), show(row["b"]), show(row["diff"])] for row in r["rows"]])
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(r, indent=2) + "\n")
+        typer.echo(f"wrote {json_out}")
+
+
 @app.command("grade")
 def grade_cmd(
     file: Annotated[Path, typer.Argument(help="JSONL: response + gold + kind, or response + dataset + id, per line.")],

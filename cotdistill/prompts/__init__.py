@@ -1,11 +1,15 @@
 """Teacher prompts as data: the template, levels, formats and one-shot examples live in files here.
 
 - `teacher.txt`   the prompt template ($placeholders, string.Template syntax)
-- `levels.yaml`   granularity levels 1-6 (1 = most condensed, 6 = every step, with a check)
 - `formats.yaml`  rationale formats: cot, subquestions, rar, symbolic
-- `families.yaml` answer kind -> task family (one-shot example file) and the answer form asked for
-- `examples/<family>.yaml`  one one-shot example per task family, written for this project:
-  a `cot` rationale for each level, and one rationale per other format (written at level 3)
+- `families.yaml` answer kind -> answer form and default dataset; dataset -> family and what it borrows
+- `levels.yaml`   GENERATED (derive.py): per dataset and level 1-6, an instruction describing what the
+  released rationales of that level look like, with their measured statistics
+- `examples/<dataset>.yaml`  GENERATED (derive.py): per dataset one released training rationale per
+  level (`cot`) and per released level of each other format
+- `examples/written/<family>.yaml`  hand-written format examples, used only where the release has none
+
+Regenerate the generated files with `python -m cotdistill.prompts.derive --data-dir DATA`.
 """
 
 import json
@@ -56,22 +60,41 @@ class TeacherPrompt:
         return sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def teacher_prompt(kind: str, level: int, fmt: str) -> TeacherPrompt:
-    """The prompt for questions of answer `kind` (number, choice, boolean, math) at `level` in `fmt`."""
+def teacher_prompt(kind: str, level: int, fmt: str, dataset: str | None = None) -> TeacherPrompt:
+    """The prompt for questions of answer `kind` (number, choice, boolean, math) at `level` in `fmt`,
+    with the level definition and example derived from `dataset`'s released rationales (None: the
+    default dataset of `kind`, see families.yaml)."""
     check_level_format(level, fmt)
-    families = _yaml("families.yaml")
-    if kind not in families:
-        raise unknown_name("answer kind", kind, families)
-    family = families[kind]
-    example = _yaml(f"examples/{family['family']}.yaml")
-    rationale = example["cot"][level] if fmt == "cot" else example[fmt]
+    kinds = _yaml("families.yaml")["kinds"]
+    if kind not in kinds:
+        raise unknown_name("answer kind", kind, kinds)
+    dataset = dataset or kinds[kind]["dataset"]
+    levels = _yaml("levels.yaml")
+    if dataset not in levels:
+        raise unknown_name("dataset for a teacher prompt", dataset, levels)
+    example = example_for(dataset, level, fmt)
+    definition = levels[dataset][level]
     fields = {
         "level": str(level),
-        "level_instruction": _yaml("levels.yaml")[level],
+        "level_instruction": definition["instruction"],
         "format": fmt,
         "format_instruction": _yaml("formats.yaml")[fmt],
-        "answer_form": family["answer_form"],
+        "answer_form": kinds[kind]["answer_form"],
         "example_question": example["question"].strip(),
-        "example_rationale": rationale.strip(),
+        "example_rationale": example["rationale"].strip(),
+        # not in the template: recorded in teach provenance, so a run says what it asked for
+        "dataset": dataset,
+        "example_source": example["source"],
+        "example_id": str(example["id"]),
+        "level_source": definition["source"],
+        "level_stats": json.dumps(definition["stats"], sort_keys=True),
     }
     return TeacherPrompt((PROMPT_DIR / "teacher.txt").read_text(encoding="utf-8"), fields)
+
+
+def example_for(dataset: str, level: int, fmt: str) -> dict:
+    """The derived example entry (source, id, row, question, rationale) of `dataset` for `level` in
+    `fmt`; a format released at other levels only gives its nearest level (ties: the lower)."""
+    examples = _yaml(f"examples/{dataset}.yaml")
+    by_level = examples[fmt]
+    return by_level[min(by_level, key=lambda n: (abs(n - level), n))]
