@@ -295,6 +295,44 @@ def pair_up(a: dict, b: dict) -> tuple[list[bool], list[bool]]:
     return [bool(a[k]) for k in keys], [bool(b[k]) for k in keys]
 
 
+
+@dataclass
+class GainDifference:
+    """Whether student A gains more than student B from the same kind of supervision: per question,
+    (A trained - A baseline) - (B trained - B baseline), on the questions all four were graded on."""
+
+    n: int
+    gain_a: float
+    gain_b: float
+    diff: float  # gain_a - gain_b
+    diff_ci_low: float  # 95 % paired-bootstrap interval
+    diff_ci_high: float
+    bootstrap_p: float  # two-sided
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def gain_difference(a_trained: dict, a_base: dict, b_trained: dict, b_base: dict,
+                    n_boot: int = 5000, seed: int = 0) -> GainDifference:
+    """Paired bootstrap over questions of the difference between two students' gains.
+
+    The four maps are {question key: correct}; questions are resampled together, so the test
+    respects that both students answered the same questions."""
+    keys = sorted(set(a_trained) & set(a_base) & set(b_trained) & set(b_base))
+    nan = float("nan")
+    if not keys:
+        return GainDifference(0, nan, nan, nan, nan, nan, 1.0)
+    col = lambda m: np.array([float(bool(m[k])) for k in keys])  # noqa: E731
+    ga, gb = col(a_trained) - col(a_base), col(b_trained) - col(b_base)
+    d = ga - gb
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+    diff = float(d.mean())
+    p = 1.0 if not np.any(d) else float((np.sum(np.abs(boots - diff) >= abs(diff) - 1e-12) + 1) / (n_boot + 1))
+    return GainDifference(len(keys), float(ga.mean()), float(gb.mean()), diff, float(np.quantile(boots, 0.025)),
+                          float(np.quantile(boots, 0.975)), min(1.0, p))
+
 @dataclass
 class Correlation:
     metric: str

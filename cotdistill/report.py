@@ -443,6 +443,8 @@ def write_report(study_dir: Path, data_dir: Path | None = None) -> Path:
         _format_section(doc, dataset, dconds, fig_dir)
         _teacher_section(doc, dataset, dconds, fig_dir, sup_metrics)
         _baseline_section(doc, dataset, dconds)
+    for dataset in sorted({c.dataset for c in conds}):
+        _matthew_section(doc, dataset, [c for c in conds if c.dataset == dataset], fig_dir)
     _metrics_section(doc, rows, sup_metrics, study_dir, fig_dir)
     failed = [r for r in rows if r.status == "failed"]
     if failed:
@@ -625,6 +627,110 @@ def _baseline_section(doc: Doc, dataset: str, conds: list[Condition]) -> None:
             tests.extend([student] + _test_row(b, zero) for b in others)
     doc.h(3, "Paired tests: best CoT cell vs. each baseline (and trained baselines vs. zero-shot)")
     doc.table(["student"] + TEST_HEADERS, tests)
+
+
+@dataclass
+class StudentGain:
+    """One student's gain from CoT supervision on one dataset (the Matthew-effect section)."""
+
+    student: str
+    strength: float  # base strength: zero-shot accuracy (answer-only where there is no zero-shot cell)
+    tiebreak: float  # answer-only accuracy: orders students of equal zero-shot accuracy
+    best: Condition  # the best CoT-trained condition (chosen on these same test questions: optimistic)
+    zero: Condition | None
+    answer_only: Condition | None
+    vs_zero: metrics.PairedTest | None
+    vs_answer_only: metrics.PairedTest | None
+
+
+def student_gains(conds: list[Condition]) -> list[StudentGain]:
+    """Per student of one dataset: best CoT cell minus answer-only and minus zero-shot, with paired tests."""
+    out = []
+    for student in sorted({c.student for c in conds}):
+        mine = [c for c in conds if c.student == student]
+        cot = [c for c in mine if c.teacher not in BASELINES]
+        zero = next((c for c in mine if c.teacher == "zero-shot"), None)
+        ans = next((c for c in mine if c.teacher == "answer-only"), None)
+        if not cot or not (zero or ans):
+            continue
+        best = max(cot, key=lambda c: c.accuracy)
+        base = zero or ans
+        tiebreak = ans.accuracy if (ans and zero) else 0.0
+        out.append(StudentGain(student, base.accuracy, tiebreak, best, zero, ans,
+                               compare(best, zero) if zero else None, compare(best, ans) if ans else None))
+    return sorted(out, key=lambda g: (g.strength, g.tiebreak))
+
+
+def _first_seed(c: Condition) -> dict:
+    s = min(c.seeds)
+    return {q: v for (seed, q), v in c.correct.items() if seed == s}
+
+
+def plot_gains(gains: list[StudentGain], title: str, path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for attr, label, marker in (("vs_answer_only", "best CoT − answer-only", "o"), ("vs_zero", "best CoT − zero-shot", "s")):
+        pts = [(g.strength, getattr(g, attr), g.student) for g in gains if getattr(g, attr) is not None]
+        if not pts:
+            continue
+        xs = [100 * x for x, _, _ in pts]
+        ys = [100 * t.diff for _, t, _ in pts]
+        err = [[100 * (t.diff - t.diff_ci_low) for _, t, _ in pts], [100 * (t.diff_ci_high - t.diff) for _, t, _ in pts]]
+        ax.errorbar(xs, ys, yerr=err, fmt=marker + "-", capsize=4, label=label)
+        for x, y, (_, _, name) in zip(xs, ys, pts):
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("base strength: zero-shot accuracy (%)")
+    ax.set_ylabel("gain from CoT supervision (pp, 95 % CI)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _matthew_section(doc: Doc, dataset: str, conds: list[Condition], fig_dir: Path) -> None:
+    """The paper's "Matthew effect": do stronger students gain more from CoT distillation?"""
+    gains = student_gains(conds)
+    if len(gains) < 2:
+        return
+    doc.h(2, f"{dataset}: do stronger students gain more? (Matthew effect)")
+    doc.p("Each student's gain from CoT supervision is its best CoT-trained cell minus its answer-only cell and minus "
+          "its untrained (zero-shot) self, on the same test questions; base strength is the zero-shot accuracy (ties "
+          "broken by answer-only accuracy). The best cell is chosen on these same questions, so each gain is an "
+          "optimistic estimate.")  # fmt: skip
+    doc.img(plot_gains(gains, f"{dataset}: gain vs. base strength", fig_dir / f"{dataset}_matthew.png"), "gain vs. strength")
+    rows = []
+    for g in gains:
+        ao = g.vs_answer_only
+        zs = g.vs_zero
+        rows.append([g.student, _pct(g.zero.accuracy if g.zero else None), g.best.name, _pct(g.best.accuracy),
+                     f"{100 * ao.diff:+.1f} (p {_p(ao.mcnemar_p)})" if ao else "–",
+                     f"{100 * zs.diff:+.1f} (p {_p(zs.mcnemar_p)})" if zs else "–"])  # fmt: skip
+    doc.table(["student (weakest first)", "zero-shot %", "best CoT cell", "best %", "gain vs answer-only (pp, McNemar p)",
+               "gain vs zero-shot (pp, McNemar p)"], rows)  # fmt: skip
+    weak, strong = gains[0], gains[-1]
+    verdicts = []
+    for base_attr, what in (("answer_only", "answer-only"), ("zero", "zero-shot")):
+        a_base, b_base = getattr(strong, base_attr), getattr(weak, base_attr)
+        if a_base is None or b_base is None:
+            continue
+        t = metrics.gain_difference(_first_seed(strong.best), _first_seed(a_base), _first_seed(weak.best), _first_seed(b_base))
+        real = t.bootstrap_p < ALPHA
+        direction = "more" if t.diff > 0 else "less"
+        verdicts.append(
+            f"Over {what}, the strongest student ({strong.student}) gains {100 * t.gain_a:+.1f} pp and the weakest "
+            f"({weak.student}) {100 * t.gain_b:+.1f} pp: a difference of {100 * t.diff:+.1f} pp "
+            f"[{100 * t.diff_ci_low:+.1f}, {100 * t.diff_ci_high:+.1f}] (paired bootstrap p {_p(t.bootstrap_p)}, "
+            f"n = {t.n}); "
+            + (f"the stronger student gains significantly {direction}." if real
+               else "the difference is not significant, so these data neither show nor rule out a Matthew effect.")
+        )  # fmt: skip
+    if len(gains) >= 3:
+        c = metrics.correlate("gain", [g.strength for g in gains],
+                              [(g.vs_answer_only or g.vs_zero).diff for g in gains])  # fmt: skip
+        verdicts.append(f"Across {c.n} students, Spearman ρ between base strength and gain is {c.spearman:.2f} "
+                        f"(p {_p(c.spearman_p) if _finite(c.spearman_p) else '–'}).")  # fmt: skip
+    for v in verdicts:
+        doc.p(v)
 
 
 def _metrics_section(doc: Doc, rows: list[dict], sup_metrics: list[dict], study_dir: Path, fig_dir: Path) -> None:

@@ -117,7 +117,7 @@ def test_report_sections_tests_and_files(synthetic_study):
     assert len(results) == len(RIGHT) + 1
     # Every image the markdown links exists and is a PNG; the HTML embeds each of them.
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert len(links) == 4  # granularity, formats, teachers, metrics vs accuracy
+    assert len(links) == 5  # granularity, formats, teachers, Matthew effect, metrics vs accuracy
     for link in links:
         assert (synthetic_study / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = html_path.read_text()
@@ -127,6 +127,30 @@ def test_report_sections_tests_and_files(synthetic_study):
     assert "figures/" not in re.sub(r"<p>.*?</p>", "", html)  # no file references outside paragraphs of text
     assert html.count("<table>") == sum(line.startswith("|---") for line in md.splitlines()) and "<script" not in html
     assert (synthetic_study / "report.provenance.json").is_file()
+
+
+def test_matthew_effect_section(synthetic_study):
+    """Two students: the stronger (higher answer-only accuracy at equal zero-shot) gains more."""
+    md = (synthetic_study / "report.md").read_text()
+    assert "## svamp: do stronger students gain more? (Matthew effect)" in md
+    # strong: best L6 18/20, answer-only 2/20, zero-shot 0/20; weak: best L1 12/20, answer-only 1/20, zero-shot 0.
+    assert "Over zero-shot, the strongest student (strong) gains +90.0 pp and the weakest (weak) +60.0 pp: " \
+           "a difference of +30.0 pp" in md
+    assert "Over answer-only, the strongest student (strong) gains +80.0 pp and the weakest (weak) +55.0 pp: " \
+           "a difference of +25.0 pp" in md
+    assert "the stronger student gains significantly more" in md
+    row = next(line for line in md.splitlines() if line.startswith("| weak | 0.0 | chatgpt L1 | 60.0 |"))
+    assert "+55.0" in row and "+60.0" in row
+
+
+def test_gain_difference_is_paired():
+    """Per question (A gain - B gain): identical gains give 0 and p = 1; opposite gains are the full difference."""
+    right = {i: True for i in range(10)}
+    wrong = {i: False for i in range(10)}
+    same = metrics.gain_difference(right, wrong, right, wrong)
+    assert same.diff == 0 and same.bootstrap_p == 1.0 and same.n == 10
+    opposite = metrics.gain_difference(right, wrong, wrong, right)
+    assert opposite.gain_a == 1 and opposite.gain_b == -1 and opposite.diff == 2 and opposite.bootstrap_p < 0.05
 
 
 def test_supervision_metrics_and_correlations(synthetic_study):
