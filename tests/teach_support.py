@@ -54,7 +54,7 @@ def start_served_tiny() -> None:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"},
     )
     atexit.register(proc.kill)  # runs before the rmtree above (atexit is last-in, first-out)
-    _server["proc"], _server["model"] = proc, model
+    _server["proc"] = proc
 
 
 def served_tiny() -> str:
@@ -63,12 +63,6 @@ def served_tiny() -> str:
     if "url" not in _server:
         _server["url"] = _wait_for_url(_server["proc"])
     return _server["url"]
-
-
-def served_tiny_model() -> Path:
-    """The folder of the model the session's `cotdistill serve` serves (to run the same model locally)."""
-    start_served_tiny()
-    return _server["model"]
 
 
 def _wait_for_url(proc: subprocess.Popen, timeout: float = 120) -> str:

@@ -1,9 +1,10 @@
-"""Generation engines: the registry, and the openai engine against a real `cotdistill serve` process
-giving the same predictions as the hf engine over the same tiny model."""
+"""Generation engines: the registry; `cotdistill eval --engine openai` against the serve endpoint giving the
+same predictions as the hf engine over the same tiny model; the openai engine against `cotdistill serve`."""
 
 import json
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,11 @@ import pytest
 from cotdistill import evaluate as E
 from cotdistill.engines import ENGINES, Completion, Request, make_engine
 from cotdistill.engines.base import apply_stops
+from cotdistill.engines.hf import HFEngine
 from cotdistill.engines.openai import OpenAIEngine
 from cotdistill.errors import CotdistillError
-from teach_support import CLI, SERVED_NAME, one_torch_thread, served_tiny, served_tiny_model, start_served_tiny
+from cotdistill.serve import ChatServer, Served
+from teach_support import CLI, SERVED_NAME, one_torch_thread, served_tiny, start_served_tiny
 
 start_served_tiny()  # at import: the server starts while the other tests run
 
@@ -53,32 +56,57 @@ def test_a_new_engine_is_one_registry_line_and_evaluate_uses_it(monkeypatch, tmp
         make_engine("vlm", "any")
 
 
-def test_eval_through_a_served_model_equals_eval_of_the_local_model(tmp_path, data_dir):
-    """`cotdistill eval --engine openai` against `cotdistill serve` == `--engine hf` on the same model (greedy)."""
-    url = served_tiny()
-    local = tmp_path / "hf"
-    with one_torch_thread():  # as the server generates: same kernels, same float rounding
-        E.evaluate(E.EvalConfig(model=str(served_tiny_model()), dataset="svamp", limit=5, out=local, max_new_tokens=12,
-                                batch_size=1, device="cpu", quiet=True, data_dir=data_dir))
-    remote = tmp_path / "openai"
-    env = os.environ | {"OMP_NUM_THREADS": "1", "SERVE_KEY": "sk-never-written-123"}
-    r = subprocess.run([CLI, "eval", "--engine", "openai", "--base-url", url, "--model", SERVED_NAME,
-                        "--api-key-env", "SERVE_KEY", "--dataset", "svamp", "--limit", "5", "--max-new-tokens", "12",
-                        "--batch-size", "3", "--quiet", "--out", str(remote), "--data-dir", str(data_dir)],
-                       capture_output=True, text=True, env=env)
+@pytest.fixture(scope="module")
+def varied_student(tmp_path_factory) -> Path:
+    """A tiny random chat student with large weights: varied tokens, not one repeated id."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cotdistill.testing import make_tiny_student
+
+    path = make_tiny_student(tmp_path_factory.mktemp("varied") / "student", chat_template=True)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for prm in model.parameters():
+            if prm.dim() > 1:
+                prm.normal_(0, 0.5)
+    model.save_pretrained(path)
+    return path
+
+
+def test_eval_through_a_served_model_equals_eval_of_the_local_model(tmp_path, data_dir, varied_student):
+    """`cotdistill eval --engine openai` against the serve endpoint == `--engine hf` on the same model (greedy)."""
+    served = Served(HFEngine.load(str(varied_student)), "varied")
+    server = ChatServer(served, "127.0.0.1", 0, quiet=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    local, remote = tmp_path / "hf", tmp_path / "openai"
+    env = os.environ | {"SERVE_KEY": "sk-never-written-123"}
+    try:
+        with one_torch_thread():  # one thread for both: the same kernels, the same float rounding
+            E.evaluate(E.EvalConfig(model=str(varied_student), dataset="svamp", limit=5, out=local, max_new_tokens=12,
+                                    batch_size=1, device="cpu", quiet=True, data_dir=data_dir))
+            r = subprocess.run([CLI, "eval", "--engine", "openai", "--base-url", server.url, "--model", "varied",
+                                "--api-key-env", "SERVE_KEY", "--dataset", "svamp", "--limit", "5",
+                                "--max-new-tokens", "12", "--batch-size", "3", "--quiet", "--out", str(remote),
+                                "--data-dir", str(data_dir)], capture_output=True, text=True, env=env)
+    finally:
+        server.shutdown()
+        server.server_close()
+        served.engine.close()
     assert r.returncode == 0, r.stderr
     a, b = ({p["id"]: p for p in map(json.loads, (d / "predictions.jsonl").read_text().splitlines())}
             for d in (local, remote))
-    assert a.keys() == b.keys() and len(a) == 5 and any(p["generation"].strip() for p in a.values())
+    assert a.keys() == b.keys() and len(a) == 5 and len({p["generation"] for p in a.values()}) > 1
     for k in a:
         fields = ["generation", "extracted", "correct", "stopped", "stop_reason"]
         if a[k]["stop_reason"] != "answer":  # past its answer only a server goes on generating (and counting)
             fields.append("generated_tokens")
         assert {f: a[k][f] for f in fields} == {f: b[k][f] for f in fields}
     summary = json.loads((remote / "summary.json").read_text())
-    assert summary["engine"] == f"openai:{SERVED_NAME}@{url}" and summary["n"] == 5
+    assert summary["engine"] == f"openai:varied@{server.url}" and summary["n"] == 5
     prov = json.loads((remote / "provenance.json").read_text())
-    assert prov["engine"] == {"name": "openai", "base_url": url, "model": SERVED_NAME}
+    assert prov["engine"] == {"name": "openai", "base_url": server.url, "model": "varied"}
     assert not any("sk-never-written" in f.read_text() for f in remote.iterdir())
 
 

@@ -48,7 +48,8 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason
-    prompt: str = field(default="", repr=False, compare=False)  # the prompt as the engine knows it: rendered text (hf), message text (openai)
+    # the prompt as the engine knows it: rendered template text (hf), the messages' text (openai: the server renders)
+    prompt: str = field(default="", repr=False, compare=False)
 
 
 OnResult = Callable[[int, Completion], None]

@@ -11,7 +11,7 @@ server's `usage` (what it generated, the part after the answer included).
 from __future__ import annotations
 
 import os
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -63,20 +63,16 @@ class OpenAIEngine:
         if stop:
             params["stop"] = stop
         results: list[Completion | None] = [None] * len(requests)
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            pending = {pool.submit(self._one, r, params, answer_stop, stop): i for i, r in enumerate(requests)}
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_EXCEPTION)
-                for fut in done:
-                    i = pending.pop(fut)
-                    try:
-                        results[i] = fut.result()
-                    except Exception:
-                        for f in pending:
-                            f.cancel()
-                        raise
-                    if on_result is not None:
-                        on_result(i, results[i])
+        pool = ThreadPoolExecutor(self.concurrency)
+        try:
+            futures = {pool.submit(self._one, r, params, answer_stop, stop): i for i, r in enumerate(requests)}
+            for fut in as_completed(futures):
+                i = futures[fut]
+                results[i] = fut.result()
+                if on_result is not None:
+                    on_result(i, results[i])
+        finally:  # a failure or Ctrl-C sends nothing more; requests in flight end within the timeout
+            pool.shutdown(wait=False, cancel_futures=True)
         return results  # type: ignore[return-value]
 
     def close(self) -> None:
