@@ -5,7 +5,7 @@
     logits at every position (the model's own loss); plus the final training loss of both
     (mean response-token loss of the final model over the training examples, same function);
 (b) peak RSS of the same runs (each run is its own subprocess, so peak RSS is clean);
-(c) evaluation generated tokens/s: ours (cotdistill.evaluate.generate_batch: left padded, sorted,
+(c) evaluation generated tokens/s: ours (the hf engine, cotdistill/engines/hf.py: left padded, sorted,
     finished rows leave the batch) vs a loop calling `generate` one question at a time with the
     same stops (end token, or the answer stated); answers compared;
 (d) achieved training FLOP/s (6*N*tokens + attention) as a share of a matmul peak measured here.
@@ -141,17 +141,16 @@ def worker_eval(a) -> dict:
     """Batched generation (ours) vs one question at a time; same greedy decoding."""
     import torch
 
-    from cotdistill import evaluate as E
-    from cotdistill import students
     from cotdistill.benchmarks import load_benchmark
+    from cotdistill.engines import Request
+    from cotdistill.engines import hf as H
     from cotdistill.grade import extract_answer
 
-    model, tok = students.load_student(a.student, dtype=a.dtype, device=a.device)
-    model.eval()
+    engine = H.HFEngine.load(a.student, dtype=a.dtype, device=a.device, batch_size=a.eval_batch)
+    model, tok = engine.model, engine.tokenizer
     qs = load_benchmark("svamp", "test", None, a.eval_n)
-    prompts = [students.encode_prompt(tok, q.question) for q in qs]
-    stops = students.stop_token_ids(tok)
-    stop_set = set(stops) | {tok.pad_token_id}
+    requests = [Request.question(q.question) for q in qs]
+    prompts = [engine.encode(r.messages) for r in requests]
 
     from transformers import StoppingCriteriaList
 
@@ -161,21 +160,15 @@ def worker_eval(a) -> dict:
         for p in prompts:  # plain `generate`, same stops: end token, or the answer stated
             ids = torch.tensor([p], device=model.device)
             o = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=a.max_new_tokens,
-                               do_sample=False, eos_token_id=stops, pad_token_id=tok.pad_token_id,
-                               stopping_criteria=StoppingCriteriaList([E._answer_stop_criteria(tok, len(p))]),
+                               do_sample=False, eos_token_id=engine.stops, pad_token_id=tok.pad_token_id,
+                               stopping_criteria=StoppingCriteriaList([H._answer_stop_criteria(tok, len(p))]),
                                top_p=None, top_k=None, temperature=None)
-            single.append(E._split_generation(tok, o[0, len(p):].tolist(), stop_set))
+            c = engine._completion(p, o[0, len(p):].tolist(), True, [])
+            single.append((c.text, c.completion_tokens))
     t_single = time.monotonic() - t0
 
-    cfg = E.EvalConfig(model=a.student, dataset="svamp", out=Path("unused"), max_new_tokens=a.max_new_tokens,
-                       batch_size=a.eval_batch)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
-    ours = [None] * len(prompts)
     t0 = time.monotonic()
-    for s in range(0, len(order), a.eval_batch):
-        idx = order[s : s + a.eval_batch]
-        for i, res in zip(idx, E.generate_batch(model, tok, [prompts[i] for i in idx], cfg)):
-            ours[i] = res
+    ours = [(c.text, c.completion_tokens) for c in engine.generate(requests, max_new_tokens=a.max_new_tokens)]
     t_ours = time.monotonic() - t0
 
     def ans(r):

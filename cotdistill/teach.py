@@ -431,39 +431,37 @@ async def _create(client: Any, model: str, messages: list, params: dict, timeout
 
 
 def run_hf(jobs: list[Job], teacher: Teacher, cfg: TeachConfig, cache: ResponseCache, counts: Counts, bar: Any) -> None:
-    """Generate locally in batches of the same sample index; each batch is cached as it finishes."""
-    from cotdistill.serve import Generator
+    """Generate locally (the hf engine), one call per sample index; each answer is cached as it arrives.
+    Generation stops once the answer is stated: what follows would be trimmed away."""
+    from cotdistill.engines import Completion, Request, make_engine
 
-    gen = Generator.load(teacher.model, default_max_tokens=cfg.max_tokens)
+    engine = make_engine("hf", teacher.model, batch_size=cfg.batch_size)
     by_sample: dict[int, list[Job]] = {}
     for job in jobs:
         by_sample.setdefault(job.sample, []).append(job)
-    for sample, group in sorted(by_sample.items()):
-        params = _params(cfg, sample)
-        for i in range(0, len(group), cfg.batch_size):
-            batch = group[i : i + cfg.batch_size]
-            outs = gen.generate(
-                [gen.render(j.messages) for j in batch],
-                max_tokens=cfg.max_tokens,
-                temperature=cfg.temperature,
-                top_p=cfg.top_p,
-                seed=params["seed"] if params["seed"] is not None else (sample if cfg.temperature > 0 else None),
-                stop_when=ANSWER_SENTENCE_DONE,  # what follows would be trimmed away: don't generate it
-            )
-            counts.requests_sent += len(batch)
-            for job, (c,) in zip(batch, outs):
+    try:
+        for sample, group in sorted(by_sample.items()):
+            seed = _params(cfg, sample)["seed"]
+
+            def record(i: int, c: Completion, group: list[Job] = group) -> None:
+                job = group[i]
                 usage = {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens}
                 job.response = {"content": c.text, "finish_reason": c.finish_reason, "usage": usage}
                 cache.put(job.key, job.request, job.response)
+                counts.requests_sent += 1
                 counts.answered += 1
-            bar.update(len(batch))
+                bar.update(1)
+
+            engine.generate([Request(j.messages) for j in group], max_new_tokens=cfg.max_tokens,
+                            temperature=cfg.temperature, top_p=cfg.top_p,
+                            seed=seed if seed is not None else (sample if cfg.temperature > 0 else None), on_result=record)
+    finally:
+        engine.close()
 
 
 # ----------------------------------------------------------------------------- verification
 
 _ANSWER_SENTENCE = re.compile(r"the\s*answer\s*is\b[^\n]*", re.I)
-# An answer sentence that has visibly ended (newline or full stop + space): trim_rationale cuts there.
-ANSWER_SENTENCE_DONE = re.compile(r"the\s*answer\s*is\b[^\n]*?(?:\n|\.\s)", re.I)
 
 
 def trim_rationale(text: str) -> str:

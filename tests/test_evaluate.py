@@ -7,7 +7,12 @@ import pytest
 
 from cotdistill import evaluate as E
 from cotdistill import students
+from cotdistill.engines import Request
+from cotdistill.engines import hf as H
+from cotdistill.engines.base import ANSWER_STATED, Completion
+from cotdistill.engines.hf import HFEngine
 from cotdistill.errors import CotdistillError
+from cotdistill.kernels.linear import onednn_linear_available, packed_linears
 
 CLI = str(Path(sys.executable).parent / "cotdistill")
 ASSETS = Path(__file__).parent / "assets" / "train"
@@ -22,7 +27,7 @@ ASSETS = Path(__file__).parent / "assets" / "train"
     ("No final statement. 7.\n", False),
 ])
 def test_answer_stated_pattern(text, stated):
-    assert (E.ANSWER_STATED.search(text) is not None) == stated
+    assert (ANSWER_STATED.search(text) is not None) == stated
 
 
 def test_bootstrap_interval_brackets_the_accuracy():
@@ -33,22 +38,27 @@ def test_bootstrap_interval_brackets_the_accuracy():
 
 def test_batched_left_padded_greedy_equals_one_at_a_time(tiny_chat_student):
     """Left padding + attention mask must not change greedy outputs."""
-    model, tok = students.load_student(tiny_chat_student, dtype="fp32", device="cpu")
+    engine = HFEngine.load(str(tiny_chat_student), dtype="fp32", device="cpu")
     questions = ["What is 2+3?", "Tom has 12 apples and eats 5 of them. How many are left now?", "7*8?"]
-    prompts = [students.encode_prompt(tok, q) for q in questions]
-    cfg = E.EvalConfig(model=str(tiny_chat_student), dataset="svamp", out=Path("unused"), max_new_tokens=12)
-    together = E.generate_batch(model, tok, prompts, cfg)
-    alone = [E.generate_batch(model, tok, [p], cfg)[0] for p in prompts]
+    requests = [Request.question(q) for q in questions]
+    together = engine.generate(requests, max_new_tokens=12)
+    alone = [engine.generate([r], max_new_tokens=12)[0] for r in requests]
     assert together == alone
+    assert [c.prompt_tokens for c in together] == [len(students.encode_prompt(engine.tokenizer, q)) for q in questions]
 
 
 def test_generation_split_reasons(tiny_chat_student):
-    tok = students.load_tokenizer(tiny_chat_student)
+    engine = HFEngine.load(str(tiny_chat_student), dtype="fp32", device="cpu")
+    tok = engine.tokenizer
     end = students.end_token_id(tok)
     ids = tok("The answer is 5", add_special_tokens=False)["input_ids"]
-    stops = set(students.stop_token_ids(tok)) | {tok.pad_token_id}
-    assert E._split_generation(tok, ids + [end, end], stops) == ("The answer is 5", len(ids) + 1, "eos")
-    assert E._split_generation(tok, ids, stops)[2] == "length"
+    assert engine._completion([1, 2], ids + [end, end], True, []) == Completion("The answer is 5", 2, len(ids) + 1, "stop")
+    assert engine._completion([1, 2], ids, True, []).finish_reason == "length"
+    # stopped at its stated answer, then padded: cut right after the answer sentence, padding not counted
+    stated = tok("The answer is 5. Then", add_special_tokens=False)["input_ids"]
+    c = engine._completion([1, 2], stated + [tok.pad_token_id], True, [])
+    assert (c.text, c.completion_tokens, c.finish_reason) == ("The answer is 5.", len(stated), "answer")
+    assert engine._completion([1, 2], stated, False, []).finish_reason == "length"
 
 
 def _eval(model, out, *extra):
@@ -115,7 +125,7 @@ def test_pruned_greedy_equals_generate_when_rows_finish_at_different_steps(tiny_
                 prm.normal_(0, 0.5)
     qs = ["What is 2+3?", "Tom has 12 apples. He eats 5. Left?", "7*8?", "A train goes 60 km in 2 hours. Speed?"]
     chat = [students.encode_prompt(tok, q) for q in qs]
-    shared = E._common_prefix(chat)
+    shared = H._common_prefix(chat)
     assert shared > 0  # the chat template's start: computed once, then [prefix | padding | own tokens]
     for prompts in (chat, [p[shared:] for p in chat]):  # with and without a shared prefix
         _check_pruned_against_generate(model, tok, prompts)
@@ -124,35 +134,33 @@ def test_pruned_greedy_equals_generate_when_rows_finish_at_different_steps(tiny_
 def _check_pruned_against_generate(model, tok, prompts):
     import torch
 
-    cfg = E.EvalConfig(model="tiny", dataset="svamp", out=Path("unused"), max_new_tokens=16, stop_at_answer=False)
     width = max(map(len, prompts))
     ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
     mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
-    free = E._greedy_pruned(model, tok, prompts, cfg, [10**9])  # an id never generated: no row stops
+    free = H._greedy_pruned(model, tok, prompts, [10**9], max_new_tokens=16, answer_stop=False)  # never generated: no row stops
     stop = free[0][3]  # row 0 stops at its 4th token; rows without this token run on
     ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16, do_sample=False, eos_token_id=[stop],
                          pad_token_id=tok.pad_token_id, top_p=None, top_k=None, temperature=None)
     # one prefill of the whole batch, and prompts prefilled in groups of 2 whose caches are merged
     for rows in (len(prompts), 2):
-        pruned = E._greedy_pruned(model, tok, prompts, cfg, [stop], prefill_rows=rows)
+        pruned = H._greedy_pruned(model, tok, prompts, [stop], max_new_tokens=16, answer_stop=False, prefill_rows=rows)
         assert len(pruned[0]) == 4 and len({len(r) for r in pruned}) > 1 and max(map(len, pruned)) == 16
         for row, new in zip(ref, pruned):
             assert row[width:].tolist()[: len(new)] == new
 
 
 def test_beam_search_runs_through_generate(tiny_chat_student):
-    model, tok = students.load_student(tiny_chat_student, dtype="fp32", device="cpu")
-    prompts = [students.encode_prompt(tok, q) for q in ["What is 2+3?", "7*8?"]]
-    cfg = E.EvalConfig(model="tiny", dataset="svamp", out=Path("unused"), max_new_tokens=6, beams=3)
-    out = E.generate_batch(model, tok, prompts, cfg)
-    assert len(out) == 2 and all(0 < n <= 6 and reason in ("eos", "answer", "length") for _, n, reason in out)
+    engine = HFEngine.load(str(tiny_chat_student), dtype="fp32", device="cpu")
+    out = engine.generate([Request.question(q) for q in ["What is 2+3?", "7*8?"]], max_new_tokens=6, num_beams=3)
+    assert len(out) == 2 and all(0 < c.completion_tokens <= 6 and c.finish_reason in ("stop", "answer", "length")
+                                 for c in out)
 
 
 def test_common_prefix_leaves_each_prompt_a_token_of_its_own():
-    assert E._common_prefix([[1, 2, 3], [1, 2, 4]]) == 2
-    assert E._common_prefix([[1, 2, 3], [1, 2]]) == 1
-    assert E._common_prefix([[1, 2, 3], [1, 2, 3]]) == 2
-    assert E._common_prefix([[5], [5]]) == 0 and E._common_prefix([[1, 2], [3, 2]]) == 0
+    assert H._common_prefix([[1, 2, 3], [1, 2, 4]]) == 2
+    assert H._common_prefix([[1, 2, 3], [1, 2]]) == 1
+    assert H._common_prefix([[1, 2, 3], [1, 2, 3]]) == 2
+    assert H._common_prefix([[5], [5]]) == 0 and H._common_prefix([[1, 2], [3, 2]]) == 0
 
 
 def test_packed_linears_compute_the_same_layers_and_are_undone(tiny_chat_student):
@@ -162,19 +170,19 @@ def test_packed_linears_compute_the_same_layers_and_are_undone(tiny_chat_student
     ids = torch.tensor([students.encode_prompt(tok, "What is 2+3?")])
     with torch.inference_mode():
         ref = model(input_ids=ids).logits
-        with E._packed_linears(model, min_numel=0):
+        with packed_linears(model, min_numel=0):
             patched = [m for m in model.modules() if "forward" in vars(m)]
             packed = model(input_ids=ids).logits
-    if E._onednn_linear_available():  # every linear layer ran through oneDNN, within float rounding
+    if onednn_linear_available():  # every linear layer ran through oneDNN, within float rounding
         assert len(patched) == sum(type(m) is torch.nn.Linear for m in model.modules()) > 0
         assert torch.allclose(ref, packed, atol=1e-5, rtol=1e-4)
     assert not [m for m in model.modules() if "forward" in vars(m)]
 
 
 def test_finished_rows_are_replaced_by_the_last_live_rows():
-    order = E._drop_rows([False, True, False, True, False, False]).tolist()
+    order = H._drop_rows([False, True, False, True, False, False]).tolist()
     assert order == [0, 4, 2, 5]  # rows 0 and 2 stay put; 4 and 5 fill the holes
-    assert E._drop_rows([True, False]).tolist() == [1] and E._drop_rows([False, True]).tolist() == [0]
+    assert H._drop_rows([True, False]).tolist() == [1] and H._drop_rows([False, True]).tolist() == [0]
 
 
 def test_pruned_greedy_equals_generate_with_sliding_window_layers():
@@ -190,10 +198,9 @@ def test_pruned_greedy_equals_generate_with_sliding_window_layers():
             if prm.dim() > 1:
                 prm.normal_(0, 0.1)
     prompts = [tok(q)["input_ids"] for q in ["What is 2+3?", "Tom has 12 apples. He eats 5. Left?", "7*8?"]]
-    cfg = E.EvalConfig(model="tiny", dataset="svamp", out=Path("unused"), max_new_tokens=12, stop_at_answer=False)
-    free = E._greedy_pruned(model, tok, prompts, cfg, [10**9])
+    free = H._greedy_pruned(model, tok, prompts, [10**9], max_new_tokens=12, answer_stop=False)
     stop = free[1][2]
-    pruned = E._greedy_pruned(model, tok, prompts, cfg, [stop], prefill_rows=1)
+    pruned = H._greedy_pruned(model, tok, prompts, [stop], max_new_tokens=12, answer_stop=False, prefill_rows=1)
     assert len({len(r) for r in pruned}) > 1
     width = max(map(len, prompts))
     ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])

@@ -9,7 +9,8 @@ from urllib.request import Request, urlopen
 import openai
 import pytest
 
-from cotdistill.serve import ChatServer, Generator
+from cotdistill.engines.hf import HFEngine
+from cotdistill.serve import ChatServer, Served
 from teach_support import SERVED_NAME, one_torch_thread, served_tiny, start_served_tiny
 
 start_served_tiny()  # at import: the server starts while the other tests run
@@ -17,8 +18,8 @@ start_served_tiny()  # at import: the server starts while the other tests run
 
 @pytest.fixture(scope="module")
 def server(tiny_chat_student):
-    gen = Generator.load(str(tiny_chat_student), name="tiny", default_max_tokens=8)
-    srv = ChatServer(gen, "127.0.0.1", 0, quiet=True)
+    served = Served(HFEngine.load(str(tiny_chat_student)), "tiny", default_max_tokens=8)
+    srv = ChatServer(served, "127.0.0.1", 0, quiet=True)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     with one_torch_thread():
         yield srv
@@ -38,11 +39,10 @@ def test_models_lists_the_served_name(client):
 def test_chat_completion_has_real_usage_counts(client, server):
     messages = [{"role": "user", "content": "How many apples? The answer is"}]
     resp = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, temperature=0)
-    gen = server.generator
     assert resp.object == "chat.completion" and len(resp.choices) == 1
     assert isinstance(resp.choices[0].message.content, str)
     assert resp.choices[0].finish_reason in ("stop", "length")
-    assert resp.usage.prompt_tokens == gen.prompt_tokens(gen.render(messages)) > 5
+    assert resp.usage.prompt_tokens == len(server.served.engine.encode(messages)) > 5
     assert 1 <= resp.usage.completion_tokens <= 6
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
     # Greedy decoding is deterministic.

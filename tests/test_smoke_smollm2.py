@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from cotdistill import evaluate as E
 from cotdistill import students
 from cotdistill import train as T
+from cotdistill.engines import Request
+from cotdistill.engines.hf import HFEngine
 
 pytestmark = [
     pytest.mark.slow,
@@ -25,8 +26,8 @@ def test_smollm2_prompt_train_step_and_batched_generation(tmp_path, data_dir):
                               dtype="fp32", quiet=True))
     assert r.steps == 1 and 0 < r.final_loss < 10  # a pretrained model, not a random one (~ln 49152 = 10.8)
 
-    model, tok = students.load_student(tmp_path / "run", device="cpu", dtype="fp32")
-    cfg = E.EvalConfig(model=str(tmp_path / "run"), dataset="svamp", out=Path("unused"), max_new_tokens=6)
-    prompts = [students.encode_prompt(tok, q) for q in ("What is 2 + 3?", "Tom had 5 apples and ate 2. How many are left?")]
-    outs = E.generate_batch(model, tok, prompts, cfg)
+    engine = HFEngine.load(str(tmp_path / "run"), device="cpu", dtype="fp32")
+    questions = ("What is 2 + 3?", "Tom had 5 apples and ate 2. How many are left?")
+    outs = [(c.text, c.completion_tokens, c.finish_reason)
+            for c in engine.generate([Request.question(q) for q in questions], max_new_tokens=6)]
     assert len(outs) == 2 and all(text.strip() and 0 < n <= 6 for text, n, _ in outs)

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from cotdistill.data import load_supervision
+from cotdistill.engines.base import apply_stops
 from cotdistill.errors import CotdistillError
 from cotdistill.prompts import LEVELS, formats, teacher_prompt
-from cotdistill.teach import ANSWER_SENTENCE_DONE, all_path, make_config, provenance_path, teach, trim_rationale
+from cotdistill.teach import all_path, make_config, provenance_path, teach, trim_rationale
 from teach_support import CLI, QUESTIONS, SERVED_NAME, FaultProxy, fixture_golds, one_torch_thread, request_id, served_tiny, start_served_tiny, teach_env
 
 ASSETS = Path(__file__).parent / "assets" / "teach"
@@ -77,11 +78,11 @@ def test_trim_rationale_ends_at_the_first_answer_sentence():
     assert trim_rationale(" 2 + 3 = 5. The answer is 5\nQuestion: next one") == "2 + 3 = 5. The answer is 5"
     assert trim_rationale("x = 3.5. The answer is 3.5. Then more text. The answer is 9") == "x = 3.5. The answer is 3.5."
     assert trim_rationale("no answer sentence here") == "no answer sentence here"
-    # The hf teacher stops generating once ANSWER_SENTENCE_DONE matches: nothing kept is cut off.
+    # The hf teacher stops generating (and cuts) once the answer is stated: nothing kept is cut off.
     for text in ["2 + 3 = 5. The answer is 5\nQuestion: next", "x = 3.5. The answer is 3.5. Then more. The answer is 9"]:
-        m = ANSWER_SENTENCE_DONE.search(text)
-        assert m and trim_rationale(text[: m.end()]) == trim_rationale(text)
-    assert not ANSWER_SENTENCE_DONE.search("So the answer is 3.5")
+        cut, reason = apply_stops(text, "length", answer_stop=True)
+        assert reason == "answer" and trim_rationale(cut) == trim_rationale(text)
+    assert apply_stops("So the answer is 3.5", "length", answer_stop=True) == ("So the answer is 3.5", "length")
 
 
 # ----------------------------------------------------------------------------- hf: teacher

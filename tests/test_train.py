@@ -12,6 +12,7 @@ import torch
 from cotdistill import students
 from cotdistill import train as T
 from cotdistill.errors import CotdistillError
+from cotdistill.kernels import loss as K
 
 ASSETS = Path(__file__).parent / "assets" / "train"
 CLI = str(Path(sys.executable).parent / "cotdistill")
@@ -51,7 +52,7 @@ def test_response_only_loss_equals_full_logits_loss(tiny_chat_student):
     examples, _, _ = T.tokenize_pairs(tok, PAIRS, 256)
     batch = T.PadCollator(tok.pad_token_id)(examples)
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
-    head = T.ResponseOnlyHead(model)
+    head = K.ResponseOnlyHead(model)
     ours = T.response_loss(model, head, batch, None)
     ours.backward()
     g_ours = model.model.layers[0].mlp.up_proj.weight.grad.clone()
@@ -71,7 +72,7 @@ def test_response_only_head_gives_the_full_logits_gradients(tiny_chat_student, f
     model(**batch).loss.backward()
     ref = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    head = T.ResponseOnlyHead(model, fused=fused)
+    head = K.ResponseOnlyHead(model, fused=fused)
     assert head.fused == fused
     T.response_loss(model, head, batch, None).backward()
     for n, p in model.named_parameters():
@@ -93,13 +94,13 @@ def test_tied_scaled_embedding_gradient_lands_in_the_head_gradient():
     model = make_tiny_gemma3(tok, seed=3)
     emb = model.get_input_embeddings()
     assert emb.weight is model.get_output_embeddings().weight and emb.padding_idx == tok.pad_token_id
-    assert T._tied_lookup_scale(emb, model.get_output_embeddings()) is emb.embed_scale
+    assert K._tied_lookup_scale(emb, model.get_output_embeddings()) is emb.embed_scale
     batch = T.PadCollator(tok.pad_token_id)(T.tokenize_pairs(tok, PAIRS, 256)[0])
     assert (batch["input_ids"] == tok.pad_token_id).any()  # padding looked up: its row must get no lookup gradient
     model(**batch).loss.backward()
     ref = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
-    head = T.ResponseOnlyHead(model)
+    head = K.ResponseOnlyHead(model)
     assert "forward" in vars(emb)
     for k in (1, 2):  # and gradient accumulation
         T.response_loss(model, head, batch, None).backward()
@@ -124,8 +125,8 @@ def test_tied_lookup_adds_into_the_head_gradient_in_place():
     head.weight = weight
     ids, target = torch.tensor([3, 7, 7, 0, 49]), torch.tensor([1, 2, 3, 4, 5])
     sink = Sink()
-    x = T._tied_lookup_function().apply(ids, weight, None, 0, sink)
-    T.chunked_linear_cross_entropy(torch.tanh(x), head, target, sink=sink).backward()
+    x = K._tied_lookup_function().apply(ids, weight, None, 0, sink)
+    K.chunked_linear_cross_entropy(torch.tanh(x), head, target, sink=sink).backward()
     assert not sink and sink.popped == weight.grad.data_ptr()
     ours = weight.grad.clone()
     weight.grad = None
@@ -137,7 +138,7 @@ def test_tied_lookup_adds_into_the_head_gradient_in_place():
 def test_chunked_linear_cross_entropy_without_rows():
     head = torch.nn.Linear(16, 50)
     hidden = torch.randn(0, 16, requires_grad=True)
-    loss = T.chunked_linear_cross_entropy(hidden, head, torch.zeros(0, dtype=torch.long))
+    loss = K.chunked_linear_cross_entropy(hidden, head, torch.zeros(0, dtype=torch.long))
     loss.backward()
     assert loss.detach().item() == 0 and not head.weight.grad.any() and not head.bias.grad.any()
 
@@ -154,7 +155,7 @@ def test_chunked_linear_cross_entropy_matches_autograd(softcap, bias, vocab):
         logits = torch.tanh(logits / softcap) * softcap
     ref = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
     ref_grads = torch.autograd.grad(ref * 0.5, params)
-    ours = T.chunked_linear_cross_entropy(hidden, head, target, softcap, chunk=5)  # 8 chunks, the last short
+    ours = K.chunked_linear_cross_entropy(hidden, head, target, softcap, chunk=5)  # 8 chunks, the last short
     grads = torch.autograd.grad(ours * 0.5, params)
     assert torch.allclose(ours, ref, rtol=1e-5)
     for g, r in zip(grads, ref_grads):
@@ -163,8 +164,8 @@ def test_chunked_linear_cross_entropy_matches_autograd(softcap, bias, vocab):
 
 def test_column_max_in_two_stages_is_the_max():
     z = torch.randn(128, 7)
-    assert torch.equal(T._column_max(z), z.amax(dim=0, keepdim=True))
-    assert torch.equal(T._column_max(z[:100]), z[:100].amax(dim=0, keepdim=True))
+    assert torch.equal(K._column_max(z), z.amax(dim=0, keepdim=True))
+    assert torch.equal(K._column_max(z[:100]), z[:100].amax(dim=0, keepdim=True))
 
 
 def test_gradient_checkpointing_and_random_order_train(tiny_chat_student, tmp_path):

@@ -81,7 +81,7 @@ def train_cmd(
 
 @app.command("eval")
 def eval_cmd(
-    model: Annotated[Optional[str], typer.Option(help="Trained run folder, HF id/folder, .gguf, or alias.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Trained run folder, HF id/folder, .gguf, or alias; with --engine openai the served model name.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="svamp, gsm8k, aqua, math, csqa, obqa, strategyqa.")] = None,
     split: Annotated[Optional[str], typer.Option(help="Split (default test).")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N questions.")] = None,
@@ -92,12 +92,19 @@ def eval_cmd(
     overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace a different evaluation in --out.")] = None,
     trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow hub model code.")] = None,
     quiet: Annotated[Optional[bool], typer.Option("--quiet", help="No progress bar.")] = None,
+    engine: Annotated[Optional[str], typer.Option(help="hf (load the model here, default) or openai (a model served at --base-url).")] = None,
+    base_url: Annotated[Optional[str], typer.Option(help="--engine openai: the server, e.g. http://127.0.0.1:8000/v1.")] = None,
+    api_key_env: Annotated[Optional[str], typer.Option(help="--engine openai: environment variable holding the API key (default OPENAI_API_KEY).")] = None,
     device: Device = None,
     dtype: Dtype = None,
     config: ConfigFile = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Evaluate a model on a benchmark: accuracy with a 95 % bootstrap interval."""
+    """Evaluate a model on a benchmark: accuracy with a 95 % bootstrap interval.
+
+    The model is loaded here (--engine hf), or asked through any OpenAI-compatible server that serves it
+    (--engine openai --base-url URL --model NAME: vLLM, SGLang, llama.cpp, Ollama, `cotdistill serve`),
+    with the same prompts, answer-stop rule and grading."""
     flags = {k: v for k, v in locals().items() if k != "config"}
     from cotdistill.evaluate import EvalConfig, evaluate
 
