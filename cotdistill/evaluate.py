@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cotdistill.engines import Completion, Request, check_engine, make_engine
 from cotdistill.engines.openai import check_base_url
-from cotdistill.errors import CotdistillError
+from cotdistill.errors import CotdistillError, unknown_name
+from cotdistill.protocol import PAPER_DECODING, check_protocol
 from cotdistill.provenance import atomic_write_text, write_provenance
 
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
@@ -31,6 +32,7 @@ ProgressFn = Callable[[int, int, dict[str, Any]], None]
 _NOT_IDENTITY = {"out", "device", "data_dir", "batch_size", "overwrite", "quiet", "limit", "api_key_env"}
 # What the hf engine is named in an evaluation's identity: nothing (identities from before engines existed stay valid).
 _HF_DEFAULTS = {"engine", "base_url"}
+DECODINGS = ("greedy", "paper")
 # Predictions keep their stop_reason names: an end token is "eos".
 _STOP_REASON = {"answer": "answer", "stop": "eos", "length": "length"}
 
@@ -60,11 +62,27 @@ class EvalConfig(BaseModel):
     engine: str = Field("hf", description="Generation engine: hf (load the model here) or openai (ask an OpenAI-compatible server).")
     base_url: str | None = Field(None, description="engine openai: the server's URL, e.g. http://127.0.0.1:8000/v1 (no credentials).")
     api_key_env: str = Field("OPENAI_API_KEY", description="engine openai: environment variable holding the API key (unset: no key).")
+    protocol: str = Field("lenient", description="How answers are read: lenient (our fallbacks) or paper (only "
+                                                 "'The answer is X', as the paper's released scripts read it).")
+    decoding: str = Field("greedy", description="greedy (default; --beams N for beam search) or paper (the paper's: "
+                                                "5 beams, its stop strings, no answer-stop, 640 new tokens unless given).")
 
     @field_validator("engine")
     @classmethod
     def _known_engine(cls, v: str) -> str:
         return check_engine(v)
+
+    @field_validator("protocol")
+    @classmethod
+    def _known_protocol(cls, v: str) -> str:
+        return check_protocol(v)
+
+    @field_validator("decoding")
+    @classmethod
+    def _known_decoding(cls, v: str) -> str:
+        if v not in DECODINGS:
+            raise unknown_name("decoding", v, DECODINGS)
+        return v
 
     @field_validator("base_url")
     @classmethod
@@ -79,7 +97,24 @@ class EvalConfig(BaseModel):
             raise CotdistillError("--beams > 1 needs --engine hf (servers do not offer beam search)")
         if self.engine != "openai" and self.base_url:
             raise CotdistillError(f"--base-url is for --engine openai, not --engine {self.engine}")
+        if self.decoding == "paper":
+            # The paper's run_reasoning.py: beam search (5), its stop strings, max length 640 (autoevaluate.py).
+            given = self.model_fields_set
+            if self.engine != "hf":
+                raise CotdistillError("--decoding paper needs --engine hf (beam search; servers do not offer it)")
+            if "beams" in given and self.beams != PAPER_DECODING["num_beams"]:
+                raise CotdistillError(f"--decoding paper sets beams to {PAPER_DECODING['num_beams']}; leave --beams out")
+            if "stop_at_answer" in given and self.stop_at_answer:
+                raise CotdistillError("--decoding paper does not stop at the answer (the paper's generation ran on); "
+                                      "leave stop_at_answer out")
+            self.beams, self.stop_at_answer = PAPER_DECODING["num_beams"], False
+            if "max_new_tokens" not in given:
+                self.max_new_tokens = PAPER_DECODING["max_new_tokens"]
         return self
+
+    def stop_strings(self) -> list[str] | None:
+        """Extra strings that end a generation: the paper's, under its decoding."""
+        return list(PAPER_DECODING["stop"]) if self.decoding == "paper" else None
 
     def identity(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude=_NOT_IDENTITY | (_HF_DEFAULTS if self.engine == "hf" else set()))
@@ -110,6 +145,8 @@ class EvalSummary(BaseModel):
     tokens_per_s: float = Field(description="Generated tokens per second in this session.")
     seconds: float
     engine: str = Field("hf", description="The engine that generated: hf, or openai:<served model>@<base url>.")
+    protocol: str = Field("lenient", description="How answers were read: lenient or paper.")
+    decoding: str = Field("greedy", description="How text was generated: greedy (or --beams N) or paper.")
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -201,7 +238,7 @@ def evaluate(cfg: EvalConfig, progress: ProgressFn | None = None) -> EvalSummary
 
             def record(i: int, c: Completion) -> None:
                 nonlocal gen_tokens, synced
-                rec = _prediction(todo[i], c)
+                rec = _prediction(todo[i], c, cfg.protocol)
                 f.write(json.dumps(rec) + "\n")
                 f.flush()  # a killed run keeps every prediction written so far
                 if time.monotonic() - synced > 1.0:  # and a crashed machine loses at most a second of them
@@ -214,13 +251,14 @@ def evaluate(cfg: EvalConfig, progress: ProgressFn | None = None) -> EvalSummary
 
             try:
                 engine.generate([Request.question(e.question) for e in todo], max_new_tokens=cfg.max_new_tokens,
-                                answer_stop=cfg.stop_at_answer, num_beams=cfg.beams, on_result=record)
+                                answer_stop=cfg.stop_at_answer, num_beams=cfg.beams, stop=cfg.stop_strings(),
+                                on_result=record)
             finally:
                 gen_seconds = time.monotonic() - g0
                 os.fsync(f.fileno())
                 engine.close()
     summary = _summarise(done, examples, gen_tokens, gen_seconds, time.monotonic() - t0)
-    summary.engine = cfg.engine_label()
+    summary.engine, summary.protocol, summary.decoding = cfg.engine_label(), cfg.protocol, cfg.decoding
     atomic_write_text(cfg.out / "summary.json", summary.model_dump_json(indent=2) + "\n")
     write_provenance(cfg.out / "provenance.json", cfg, summary=summary.model_dump(mode="json"),
                      engine={"name": cfg.engine, "base_url": cfg.base_url, "model": cfg.model},
@@ -228,11 +266,11 @@ def evaluate(cfg: EvalConfig, progress: ProgressFn | None = None) -> EvalSummary
     return summary
 
 
-def _prediction(ex: Any, c: Completion) -> dict[str, Any]:
-    """One predictions.jsonl record: the completion graded against the example's gold answer."""
+def _prediction(ex: Any, c: Completion, protocol: str = "lenient") -> dict[str, Any]:
+    """One predictions.jsonl record: the completion graded (under `protocol`) against the example's gold answer."""
     from cotdistill.grade import grade
 
-    g = grade(c.text, ex.gold, ex.kind, ex.choices)
+    g = grade(c.text, ex.gold, ex.kind, ex.choices, protocol)
     return {"id": ex.id, "prompt": c.prompt, "generation": c.text, "extracted": g.extracted, "gold": ex.gold,
             "correct": g.correct, "reason": g.reason, "generated_tokens": c.completion_tokens,
             "stopped": c.finish_reason != "length", "stop_reason": _STOP_REASON[c.finish_reason]}

@@ -209,3 +209,32 @@ def test_pruned_greedy_equals_generate_with_sliding_window_layers():
                          pad_token_id=tok.pad_token_id, top_p=None, top_k=None, temperature=None)
     for row, new in zip(ref, pruned):
         assert row[width:].tolist()[: len(new)] == new
+
+
+def test_protocol_and_decoding_are_part_of_the_evaluation(tiny_chat_student, tmp_path, data_dir):
+    """--decoding paper is the paper's beam search (5 beams, its stops, no answer-stop); --protocol paper
+    reads only 'The answer is X'; both are in the identity, the summary and every prediction's grading."""
+    cfg = E.EvalConfig(model=str(tiny_chat_student), dataset="svamp", limit=2, out=tmp_path / "p", max_new_tokens=6,
+                       data_dir=data_dir, quiet=True, decoding="paper", protocol="paper")
+    assert (cfg.beams, cfg.stop_at_answer, cfg.max_new_tokens) == (5, False, 6)
+    assert E.EvalConfig(model="m", dataset="svamp", out="o", decoding="paper").max_new_tokens == 640
+    lenient = E.EvalConfig(model=str(tiny_chat_student), dataset="svamp", out="o")
+    assert cfg.identity()["protocol"] == "paper" and lenient.identity()["protocol"] == "lenient"
+    assert cfg.identity()["decoding"] == "paper" and lenient.identity()["decoding"] == "greedy"
+    s = E.evaluate(cfg)
+    assert (s.protocol, s.decoding, s.n) == ("paper", "paper", 2)
+    preds = [json.loads(line) for line in (tmp_path / "p" / "predictions.jsonl").read_text().splitlines()]
+    # a random model states no answer: under the paper's protocol nothing is read
+    assert all(p["extracted"] is None and "protocol paper" in p["reason"] for p in preds)
+    with pytest.raises(CotdistillError, match="leave --beams out"):
+        E.EvalConfig(model="m", dataset="svamp", out="o", decoding="paper", beams=3)
+    with pytest.raises(CotdistillError, match="grading protocol"):
+        E.EvalConfig(model="m", dataset="svamp", out="o", protocol="strict")
+
+
+def test_unknown_protocol_or_decoding_is_one_line(tmp_path):
+    for flag, value in (("--protocol", "strict"), ("--decoding", "sampling")):
+        r = subprocess.run([CLI, "eval", "--model", "m", "--dataset", "svamp", "--out", str(tmp_path / "o"), flag, value],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert value in r.stderr and not (tmp_path / "o").exists()

@@ -89,6 +89,8 @@ def eval_cmd(
     batch_size: Annotated[Optional[int], typer.Option(help="Questions per generation batch.")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Longest generation.")] = None,
     beams: Annotated[Optional[int], typer.Option(help="Beam search width (1 = greedy).")] = None,
+    protocol: Annotated[Optional[str], typer.Option(help="How answers are read: lenient (default) or paper (only 'The answer is X').")] = None,
+    decoding: Annotated[Optional[str], typer.Option(help="greedy (default) or paper (5 beams, the paper's stops, 640 tokens).")] = None,
     overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace a different evaluation in --out.")] = None,
     trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow hub model code.")] = None,
     quiet: Annotated[Optional[bool], typer.Option("--quiet", help="No progress bar.")] = None,
@@ -110,5 +112,6 @@ def eval_cmd(
 
     cfg = build_config(EvalConfig, config, flags)
     s = evaluate(cfg)
-    typer.echo(f"{cfg.dataset}/{cfg.split}: accuracy {s.accuracy:.3f} [{s.ci_low:.3f}, {s.ci_high:.3f}] on {s.n}, "
+    typer.echo(f"{cfg.dataset}/{cfg.split}: accuracy {s.accuracy:.3f} [{s.ci_low:.3f}, {s.ci_high:.3f}] on {s.n} "
+               f"(protocol {s.protocol}, decoding {s.decoding}), "
                f"stopped {s.stopped_share:.0%}, mean {s.mean_output_tokens:.0f} tokens, {s.tokens_per_s:.1f} tokens/s -> {cfg.out}")
