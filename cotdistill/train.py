@@ -493,6 +493,7 @@ def _training_args(cfg: TrainConfig, device: str, dtype: str, n_examples: int, c
         # a packed row has no padding (and no attention mask to count by): every token counts
         include_num_input_tokens_seen="all" if packed else "non_padding",
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every parameter gets a gradient: no extra graph walk per step
     )
 
 
