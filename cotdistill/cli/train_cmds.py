@@ -93,6 +93,7 @@ def eval_cmd(
     batch_size: Annotated[Optional[int], typer.Option(help="Questions per generation batch.")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Longest generation.")] = None,
     beams: Annotated[Optional[int], typer.Option(help="Beam search width (1 = greedy).")] = None,
+    decode: Annotated[Optional[str], typer.Option(help="--engine hf: auto/pruned (our loop) or continuous (transformers' continuous batching, for GPUs).")] = None,
     overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace a different evaluation in --out.")] = None,
     trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow hub model code.")] = None,
     quiet: Annotated[Optional[bool], typer.Option("--quiet", help="No progress bar.")] = None,
