@@ -21,9 +21,10 @@ On a CPU, `--device cpu --tiny` runs every part on tiny models and a few questio
 GPU machine (`device` tool, see /work/.library/device/README.md): torch, transformers, accelerate are
 there; carry the rest as wheels in an ignored folder `.whl` (pip download --no-deps --only-binary=:all:
 --python-version 3.12 ... -d .whl NAME==VERSION, as the README says), and install them first:
-    pydantic==2.14.4 pydantic-core (the version pydantic 2.14.4 pins) annotated-types typing-inspection
-    trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 xxhash==4.1.0
-    liger-kernel (latest, py3-none-any)        (pyarrow and pandas are on the image)
+    pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5   (cotdistill)
+    trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 xxhash==4.1.0             (TRL baseline)
+    liger-kernel (latest, py3-none-any)                                                        (--loss-kernel liger)
+    gguf==0.19.0 only with --student FILE.gguf                  (pyarrow, pandas, typer are on the image)
 and carry the data and tokenizer: `.gpu/data` (benchmarks/svamp and cot/SVAMP_ChatGPT_level3_ranked.json.gz
 of the shared data dir) and `.gpu/tokenizer` (`python bench/gpu_bench.py --save-tokenizer .gpu/tokenizer`
 here writes SmolLM2's tokenizer from its GGUF). Then, in one `run`:
