@@ -203,7 +203,11 @@ def model_flops_per_token(student: str, mean_len: float) -> float:
 
     from cotdistill import students
 
-    c = AutoConfig.from_pretrained(students.resolve_student(student))
+    return config_flops_per_token(AutoConfig.from_pretrained(students.resolve_student(student)), mean_len)
+
+
+def config_flops_per_token(c, mean_len: float) -> float:
+    """`model_flops_per_token` of a transformers config."""
     c = getattr(c, "text_config", c)
     h, L, V, inter = c.hidden_size, c.num_hidden_layers, c.vocab_size, c.intermediate_size
     hd = getattr(c, "head_dim", None) or h // c.num_attention_heads

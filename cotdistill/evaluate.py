@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -29,7 +29,7 @@ from cotdistill.provenance import atomic_write_text, write_provenance
 
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
 
-_NOT_IDENTITY = {"out", "device", "data_dir", "batch_size", "overwrite", "quiet", "limit", "api_key_env"}
+_NOT_IDENTITY = {"out", "device", "data_dir", "batch_size", "batching", "overwrite", "quiet", "limit", "api_key_env"}
 # What the hf engine is named in an evaluation's identity: nothing (identities from before engines existed stay valid).
 _HF_DEFAULTS = {"engine", "base_url"}
 DECODINGS = ("greedy", "paper")
@@ -51,6 +51,7 @@ class EvalConfig(BaseModel):
     max_new_tokens: int = Field(320, ge=1, description="Longest generation in tokens.")
     batch_size: int = Field(64, ge=1, description="Questions generated together (finished rows leave the batch, so large batches cost little); "
                                                    "engine openai: requests in flight at once.")
+    batching: Literal["auto", "pruned", "continuous"] = Field("auto", description="engine hf: auto/pruned (our greedy loop: finished rows leave the batch), or continuous (transformers' continuous batching, for GPUs).")
     beams: int = Field(1, ge=1, description="1 = greedy; >1 = beam search with this many beams.")
     dtype: str = Field("auto", description="auto (bf16 where native), bf16, fp32.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
@@ -127,7 +128,7 @@ class EvalConfig(BaseModel):
         if self.engine == "openai":
             return {"base_url": self.base_url, "api_key_env": self.api_key_env, "concurrency": self.batch_size}
         return {"dtype": self.dtype, "device": self.device, "trust_remote_code": self.trust_remote_code,
-                "batch_size": self.batch_size}
+                "batch_size": self.batch_size, "batching": self.batching}
 
 
 class EvalSummary(BaseModel):

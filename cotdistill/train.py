@@ -22,19 +22,22 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from cotdistill import students
 from cotdistill.errors import CotdistillError
-from cotdistill.kernels.loss import ResponseOnlyHead, chunked_linear_cross_entropy
+from cotdistill.kernels.loss import (ResponseOnlyHead, chunked_linear_cross_entropy, liger_available,
+                                     liger_linear_cross_entropy)
 from cotdistill.provenance import atomic_write_text, write_provenance
 
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
 
 # Fields that do not change what a run computes (so they are left out of its identity).
-_NOT_IDENTITY = {"out", "resume", "overwrite", "device", "data_dir", "save_steps", "quiet", "gradient_checkpointing"}
+# The speed knobs compute the same run up to float rounding (same data order, same effective batch).
+_NOT_IDENTITY = {"out", "resume", "overwrite", "device", "data_dir", "save_steps", "quiet", "gradient_checkpointing",
+                 "padding_free", "per_device_batch", "loss_kernel", "compile"}
 
 
 class TrainConfig(BaseModel):
@@ -59,6 +62,10 @@ class TrainConfig(BaseModel):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps with linear warm-up.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    padding_free: bool | None = Field(None, description="Pack each per-device batch into one row with position ids (no padding; attention kept inside each example); default: on for CUDA, off on a CPU.")
+    per_device_batch: int | None = Field(None, ge=1, description="Examples per device per forward; default: 8 on a CPU, on CUDA the largest that fits (probed, halving on out-of-memory). Gradient accumulation makes up the effective batch.")
+    loss_kernel: Literal["auto", "chunked", "liger"] = Field("auto", description="Response-token cross-entropy: chunked (ours, any device) or liger (Liger's fused Triton kernel, CUDA, extra [gpu]); auto: liger on CUDA when installed.")
+    compile: bool = Field(False, description="torch.compile the model (Trainer's torch_compile).")
     gradient_checkpointing: bool = Field(False, description="Recompute each layer's activations in the backward pass: less memory, slower (17 % for gemma3-270m on CPU, bench/RESULTS.md).")
     group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding); off: random order, as a plain Trainer.")
     save_steps: int | None = Field(None, ge=1, description="Checkpoint every N optimizer steps; default: about 10 per run.")
@@ -124,6 +131,28 @@ def tokenize_pairs(tokenizer: Any, pairs: list[tuple[str, str]], max_length: int
     return examples, truncated, dropped
 
 
+class PackCollator:
+    """Concatenate a batch into one row with position ids restarting at 0 for each example (padding-free).
+
+    No attention mask is passed: transformers then reads the example boundaries from the position ids
+    (masking_utils.find_packed_sequence_indices) and gives SDPA/eager/flex a block-diagonal causal
+    mask, flash attention its varlen boundaries, so no token attends across examples. The last token
+    of one example would predict the first (prompt) token of the next: labels there are -100 already,
+    and the first label of every example is set to -100 so that holds for any data.
+    """
+
+    def __call__(self, batch: list[dict]) -> dict[str, Any]:
+        import torch
+
+        ids, labels, pos = [], [], []
+        for b in batch:
+            n = len(b["input_ids"])
+            ids += b["input_ids"]
+            labels += [-100] + list(b["labels"][1:])
+            pos += range(n)
+        return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([pos]), "labels": torch.tensor([labels])}
+
+
 class PadCollator:
     """Right-pad a batch to its own longest sequence (dynamic padding)."""
 
@@ -160,11 +189,15 @@ def response_loss(model: Any, head: ResponseOnlyHead, inputs: dict, num_items: A
     sink: list = []  # a fresh one per call: nothing from an earlier step can land in it
     head.mask, head.sink = mask, sink
     try:
-        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        # padded batches carry an attention mask; packed rows (PackCollator) position ids instead
+        shape = {k: inputs[k] for k in ("attention_mask", "position_ids") if k in inputs}
+        out = model(input_ids=inputs["input_ids"], use_cache=False, **shape)
         hidden, head.hidden = head.hidden, None
     finally:
         head.mask, head.sink = None, None
-    if head.fused:
+    if head.fused and head.kernel == "liger":
+        loss = liger_linear_cross_entropy(hidden, head.head, target[target != -100], head.softcap)
+    elif head.fused:
         loss = chunked_linear_cross_entropy(hidden, head.head, target[target != -100], head.softcap, sink=sink)
     else:
         loss = F.cross_entropy(out.logits.float(), target[target != -100], reduction="sum")
@@ -336,12 +369,99 @@ def _checkpointing_arg(args_cls: type) -> str:
     return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
-def _training_args(cfg: TrainConfig, device: str, dtype: str, n_examples: int, ckpt_dir: Path):
+def batch_shape(batch_size: int, world: int, cap: int, grad_accum: int | None) -> tuple[int, int]:
+    """(per-device batch, accumulation steps) for an effective batch: accumulate only what `cap` rows cannot hold."""
+    accum = grad_accum or max(1, math.ceil(batch_size / (cap * world)))
+    return max(1, batch_size // (accum * world)), accum
+
+
+def largest_fitting(fits: Callable[[int], bool], start: int) -> int | None:
+    """The first of start, start/2, start/4, ... 1 for which `fits` holds (None: not even 1)."""
+    n = start
+    while n >= 1:
+        if fits(n):
+            return n
+        n //= 2
+    return None
+
+
+def resolve_loss_kernel(choice: str, device: str) -> str:
+    """"chunked" or "liger" for `TrainConfig.loss_kernel` on this device."""
+    if choice == "liger" and not device.startswith("cuda"):
+        raise CotdistillError(f"--loss-kernel liger runs on CUDA only (Triton), not on --device {device}; use chunked")
+    if choice == "liger" and not liger_available():
+        raise CotdistillError("--loss-kernel liger: liger-kernel is not installed (pip install 'cotdistill[gpu]')")
+    return "liger" if choice == "liger" or (choice == "auto" and device.startswith("cuda") and liger_available()) \
+        else "chunked"
+
+
+def _cuda_fits(model: Any, examples: list[dict], collate: Any, dtype: str, kernel: str) -> Callable[[int], bool]:
+    """fits(n): whether a forward+backward of the n longest examples, plus Adam's two fp32 moments
+    (allocated at the first optimizer step), stays under 90 % of the GPU's memory."""
+    import torch
+
+    device = next(model.parameters()).device
+    longest = sorted(examples, key=lambda e: len(e["input_ids"]), reverse=True)
+    total = torch.cuda.get_device_properties(device).total_memory
+    moments = 8 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def fits(n: int) -> bool:
+        head = ResponseOnlyHead(model, kernel=kernel)
+        peak = None
+        try:
+            batch = {k: v.to(device) for k, v in collate(longest[:n]).items()}
+            torch.cuda.reset_peak_memory_stats(device)
+            with torch.autocast("cuda", dtype=getattr(torch, dtype), enabled=dtype != "float32"):
+                loss = response_loss(model, head, batch, None)
+            loss.backward()
+            peak = torch.cuda.max_memory_allocated(device)
+        except torch.cuda.OutOfMemoryError:
+            pass
+        finally:
+            head.remove()
+            model.zero_grad(set_to_none=True)
+            batch = loss = None
+            torch.cuda.empty_cache()
+        return peak is not None and peak + moments <= 0.9 * total
+
+    return fits
+
+
+def _per_device_cap(cfg: TrainConfig, device: str, dtype: str, model: Any, examples: list[dict], collate: Any,
+                    kernel: str, world: int) -> int:
+    """Most examples per device per forward: the config's, 8 on a CPU (larger batches gain nothing
+    there, bench/RESULTS.md), on CUDA the largest that fits (probed on the longest examples)."""
+    if cfg.per_device_batch or cfg.grad_accum:
+        return cfg.per_device_batch or 8
+    if not device.startswith("cuda"):
+        return 8
+    import torch
+
+    index = int(os.environ.get("LOCAL_RANK", "0")) if device == "cuda" else torch.device(device).index or 0
+    model.to(torch.device("cuda", index))
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    n = largest_fitting(_cuda_fits(model, examples, collate, dtype, kernel), max(1, math.ceil(cfg.batch_size / world)))
+    if world > 1:  # every rank must use the same shape: the smallest any rank found
+        from accelerate import PartialState
+
+        PartialState()  # initialises the process group
+        t = torch.tensor([n or 0], device=next(model.parameters()).device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        n = int(t.item()) or None
+    if n is None:
+        longest = max(len(e["input_ids"]) for e in examples)
+        raise CotdistillError(
+            f"one training example of {longest} tokens does not fit in the memory of GPU {device} with student "
+            f"{cfg.student!r}; lower --max-length, or pass --lora or --gradient-checkpointing, or shard it with FSDP")
+    return n
+
+
+def _training_args(cfg: TrainConfig, device: str, dtype: str, n_examples: int, ckpt_dir: Path, per_device: int,
+                   accum: int, packed: bool):
     from transformers import TrainingArguments
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    accum = cfg.grad_accum or max(1, math.ceil(cfg.batch_size / (8 * world)))
-    per_device = max(1, cfg.batch_size // (accum * world))
     steps_per_epoch = max(1, math.ceil(n_examples / (per_device * accum * world)))
     total = max(1, math.ceil(steps_per_epoch * cfg.epochs))
     save_steps = cfg.save_steps or max(1, math.ceil(total / 10))
@@ -362,6 +482,7 @@ def _training_args(cfg: TrainConfig, device: str, dtype: str, n_examples: int, c
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         # newer transformers renamed it (the old name warns on every run); older releases know only the old one
         **{_checkpointing_arg(TrainingArguments): cfg.gradient_checkpointing},
+        torch_compile=cfg.compile,
         logging_steps=1,
         save_strategy="steps",
         save_steps=save_steps,
@@ -369,9 +490,11 @@ def _training_args(cfg: TrainConfig, device: str, dtype: str, n_examples: int, c
         report_to="none",
         disable_tqdm=True,
         remove_unused_columns=False,
-        include_num_input_tokens_seen="non_padding",
+        # a packed row has no padding (and no attention mask to count by): every token counts
+        include_num_input_tokens_seen="all" if packed else "non_padding",
         dataloader_num_workers=0,
-    ), per_device, accum
+        ddp_find_unused_parameters=False,  # every parameter gets a gradient: no extra graph walk per step
+    )
 
 
 def _load_for_training(cfg: TrainConfig, device: str):
@@ -409,7 +532,8 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     device = students.resolve_device(cfg.device)
     dtype = students.resolve_dtype(cfg.dtype, device)
     pairs, source_name = load_pairs(cfg.data, cfg.data_dir, cfg.limit)  # bad data fails before touching out
-    state, ckpt = prepare_out(cfg)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    state, ckpt = _prepare_out_on_main(cfg, device, world)
     if state == "done":
         return _result_from_provenance(cfg.out)
 
@@ -426,12 +550,24 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     _check_disk(cfg.out, n_params)
 
     ckpt_dir = cfg.out / "checkpoints"
-    args, per_device, accum = _training_args(cfg, device, dtype, len(examples), ckpt_dir)
-    trainer = _make_trainer_class()(
-        model=model, args=args, train_dataset=examples, data_collator=PadCollator(tok.pad_token_id),
-        processing_class=tok,
-    )
-    trainer._head = ResponseOnlyHead(trainer.model, fused=not trainer.is_fsdp_enabled)
+    packed = device.startswith("cuda") if cfg.padding_free is None else cfg.padding_free
+    collate = PackCollator() if packed else PadCollator(tok.pad_token_id)
+    kernel = resolve_loss_kernel(cfg.loss_kernel, device)
+    try:
+        cap = _per_device_cap(cfg, device, dtype, model, examples, collate, kernel, world)
+        per_device, accum = batch_shape(cfg.batch_size, world, cap, cfg.grad_accum)
+        args = _training_args(cfg, device, dtype, len(examples), ckpt_dir, per_device, accum, packed)
+        trainer = _make_trainer_class()(
+            model=model, args=args, train_dataset=examples, data_collator=collate, processing_class=tok,
+        )
+        if trainer.is_fsdp_enabled and not getattr(trainer.model, "_no_split_modules", None):
+            raise CotdistillError(f"student {cfg.student!r} ({type(trainer.model).__name__}) names no layer class "
+                                  "FSDP can shard by (_no_split_modules); train it with DDP (one copy per GPU) or --lora")
+    except CotdistillError:
+        if state == "fresh" and _is_main():  # nothing of this run exists yet: leave no half-made folder behind
+            shutil.rmtree(cfg.out, ignore_errors=True)
+        raise
+    trainer._head = ResponseOnlyHead(trainer.model, fused=not trainer.is_fsdp_enabled, kernel=kernel)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
@@ -453,23 +589,51 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     seconds = time.monotonic() - t0
 
     curve = loss_curve(trainer.state.log_history)
-    write_loss_curve(cfg.out, curve)
     tokens = int(trainer.state.num_input_tokens_seen)
     session_tokens = tokens - int(getattr(trainer, "_initial_num_input_tokens_seen", 0) or 0)
-    _save_final(trainer.model, tok, cfg.out, cfg.lora)
     result = TrainResult(
         out=cfg.out, n_examples=len(examples), truncated=truncated, dropped=dropped,
         steps=trainer.state.global_step, final_loss=curve[-1]["loss"] if curve else None,
         train_loss=output.training_loss, tokens=tokens, seconds=round(seconds, 2),
         train_seconds=round(loop_seconds, 2), tokens_per_s=round(session_tokens / max(loop_seconds, 1e-9), 1),
     )
-    write_provenance(
-        cfg.out / "provenance.json", cfg, status="done", data_source=source_name, device=device, dtype=dtype,
-        per_device_batch=per_device, grad_accum=accum, max_length=max_length, n_params=n_params,
-        result=result.model_dump(mode="json"),
-    )
-    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the run is complete; checkpoints are GBs
+    if trainer.is_world_process_zero():  # one process writes the run folder; provenance.json last
+        write_loss_curve(cfg.out, curve)
+        _save_final(trainer.model, tok, cfg.out, cfg.lora)
+        write_provenance(
+            cfg.out / "provenance.json", cfg, status="done", data_source=source_name, device=device, dtype=dtype,
+            per_device_batch=per_device, grad_accum=accum, world_size=world, padding_free=packed, loss_kernel=kernel,
+            max_length=max_length, n_params=n_params,
+            result=result.model_dump(mode="json"),
+        )
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # the run is complete; checkpoints are GBs
     return result
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _prepare_out_on_main(cfg: TrainConfig, device: str, world: int) -> tuple[str, Path | None]:
+    """`prepare_out` on the main process only; the others (torchrun/accelerate) get its answer, or its error."""
+    if world == 1:
+        return prepare_out(cfg)
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    PartialState(cpu=device == "cpu")  # initialises the process group (gloo on CPUs, NCCL on GPUs)
+    msg: list = [None]
+    if _is_main():
+        try:
+            state, ckpt = prepare_out(cfg)
+            msg = [(state, None if ckpt is None else str(ckpt), None)]
+        except CotdistillError as e:
+            msg = [(None, None, str(e))]
+    dist.broadcast_object_list(msg, src=0)
+    state, ckpt, error = msg[0]
+    if error:
+        raise CotdistillError(error)
+    return state, None if ckpt is None else Path(ckpt)
 
 
 def _result_from_provenance(out: Path) -> TrainResult:

@@ -134,3 +134,21 @@ def test_cli_bad_engine_options_are_one_error_line(flags, message, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().startswith(message) and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "e").exists()
+
+
+def test_continuous_batching_gives_the_pruned_loops_answers(varied_student):
+    """transformers' continuous batching (the GPU option) vs our greedy loop: same tokens, same stops."""
+    from cotdistill.engines.base import Request
+
+    questions = ["What is 2 + 3?", "Tom has 4 apples and buys 9 more. How many apples?", "Sam had 5 pens.", "x y z"]
+    requests = [Request([{"role": "user", "content": q}]) for q in questions]
+    pruned = HFEngine.load(str(varied_student), dtype="fp32", device="cpu")
+    cont = HFEngine(pruned.model, pruned.tokenizer, batching="continuous")
+    for answer_stop in (True, False):
+        a = pruned.generate(requests, max_new_tokens=16, answer_stop=answer_stop)
+        b = cont.generate(requests, max_new_tokens=16, answer_stop=answer_stop)
+        assert [(c.text, c.completion_tokens, c.finish_reason) for c in a] == \
+               [(c.text, c.completion_tokens, c.finish_reason) for c in b]
+    assert len({c.text for c in a}) > 1  # varied outputs, not one repeated token
+    with pytest.raises(CotdistillError, match="unknown hf batching 'fast'"):
+        HFEngine(pruned.model, pruned.tokenizer, batching="fast")

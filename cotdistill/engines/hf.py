@@ -19,10 +19,15 @@ import threading
 from typing import Any
 
 from cotdistill import students
+from cotdistill.errors import CotdistillError
 from cotdistill.engines.base import ANSWER_STATED, Completion, OnResult, Request, apply_stops
 from cotdistill.kernels.cache import buffered_layer_class
 from cotdistill.kernels.linear import packed_linears
 
+
+# How greedy/sampled batches are decoded: auto = pruned (our loop; sampling/beams via `generate`), or
+# continuous = transformers' continuous batching (`generate_batch`), for GPUs; beams always use `generate`.
+BATCHINGS = ("auto", "pruned", "continuous")
 
 # Only the tail of a generation can newly complete the phrase; 48 tokens cover "The answer is <long number>."
 _ANSWER_TAIL = 48
@@ -193,6 +198,47 @@ def _greedy_pruned(model: Any, tokenizer: Any, prompts: list[list[int]], stops: 
     return new
 
 
+def _stated_at(tokenizer: Any, new: list[int]) -> int | None:
+    """Fewest leading tokens of `new` whose text states the answer (as `_greedy_pruned` checks it after
+    each token), found by bisection: a prefix's text only grows, so once stated it stays stated."""
+    if not ANSWER_STATED.search(tokenizer.decode(new, skip_special_tokens=True)):
+        return None
+    lo, hi = 1, len(new)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ANSWER_STATED.search(tokenizer.decode(new[:mid], skip_special_tokens=True)):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _continuous(model: Any, tokenizer: Any, prompts: list[list[int]], stops: list[int], *, max_new_tokens: int,
+                answer_stop: bool, temperature: float, top_p: float, seed: int | None) -> list[list[int]]:
+    """All prompts through transformers' continuous batching (`generate_batch`: paged KV cache, rows
+    join and leave the running batch, CUDA graphs on a GPU). A row runs to its end token; the answer
+    stop is applied afterwards, cutting the tokens where `_greedy_pruned` would have stopped."""
+    import torch
+    from transformers import GenerationConfig
+
+    sampling: dict[str, Any] = ({"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0
+                                else {"do_sample": False})
+    gc = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
+                          **sampling)
+    kw: dict[str, Any] = {"generation_config": gc, "progress_bar": False}
+    if model.device.type == "cpu":  # sized for a GPU by default; a CPU gets a small paged cache
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        kw["continuous_batching_config"] = ContinuousBatchingConfig(page_size=16, num_blocks=64, max_batch_tokens=512)
+    if seed is not None:
+        torch.manual_seed(seed)
+    out = model.generate_batch(prompts, **kw)
+    news = [list(out[f"req_{i}"].generated_tokens) for i in range(len(prompts))]
+    if answer_stop:
+        news = [new[: _stated_at(tokenizer, new) or len(new)] for new in news]
+    return news
+
+
 class _StopOnText:
     """Stop a row once its NEW text contains a stop string (transformers' stop_strings also match
     across the prompt boundary, which the OpenAI protocol does not)."""
@@ -221,8 +267,10 @@ class HFEngine:
 
     name = "hf"
 
-    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 64):
-        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 64, batching: str = "auto"):
+        if batching not in BATCHINGS:
+            raise CotdistillError(f"unknown hf batching {batching!r}; known: {', '.join(BATCHINGS)}")
+        self.model, self.tokenizer, self.batch_size, self.batching = model, tokenizer, batch_size, batching
         self.model.eval()
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -233,10 +281,10 @@ class HFEngine:
 
     @classmethod
     def load(cls, model: str, *, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False,
-             batch_size: int = 64) -> HFEngine:
+             batch_size: int = 64, batching: str = "auto") -> HFEngine:
         """Load a student spec (alias, folder, HF id, .gguf) as `students.load_student` does."""
         m, tok = students.load_student(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-        return cls(m, tok, batch_size=batch_size)
+        return cls(m, tok, batch_size=batch_size, batching=batching)
 
     def encode(self, messages: list[dict[str, str]]) -> list[int]:
         """Prompt token ids: `students.encode_prompt` for one user message (the prompt training used),
@@ -288,6 +336,9 @@ class HFEngine:
         from transformers import StoppingCriteriaList
 
         model, tok = self.model, self.tokenizer
+        if self.batching == "continuous" and num_beams == 1 and hasattr(model, "generate_batch"):
+            return _continuous(model, tok, prompts, self.stops, max_new_tokens=max_new_tokens,
+                               answer_stop=answer_stop, temperature=temperature, top_p=top_p, seed=seed)
         with torch.inference_mode():
             if (num_beams == 1 and temperature == 0 and not stop and _plain_greedy(model)
                     and getattr(model, "_supports_default_dynamic_cache", lambda: False)()):

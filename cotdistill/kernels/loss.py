@@ -25,9 +25,10 @@ class ResponseOnlyHead:
     and the model returns [N, V] logits.
     """
 
-    def __init__(self, model: Any, fused: bool = True):
+    def __init__(self, model: Any, fused: bool = True, kernel: str = "chunked"):
         import torch
 
+        self.kernel = kernel  # "chunked" or "liger": which fused loss scores the gathered rows
         self.mask = None
         self.hidden = None
         self.head = model.get_output_embeddings()
@@ -216,3 +217,32 @@ def chunked_linear_cross_entropy(hidden: Any, head: Any, target: Any, softcap: f
     """
     chunk = chunk or max(16, (1 << 25) // head.weight.shape[0])
     return _linear_ce_function().apply(hidden, head.weight, head.bias, target, softcap, chunk, sink)
+
+
+@functools.cache
+def liger_available() -> bool:
+    """Whether Liger's fused linear cross-entropy (Triton, CUDA only; extra [gpu]) can be imported."""
+    try:
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy  # noqa: F401
+    except Exception:  # ImportError, or Triton failing to initialise without a GPU
+        return False
+    return True
+
+
+def liger_linear_cross_entropy(hidden: Any, head: Any, target: Any, softcap: float | None = None) -> Any:
+    """Summed cross-entropy of `head(hidden)` against `target` through Liger's fused Triton kernel (CUDA).
+
+    Same contract as `chunked_linear_cross_entropy`; the matmuls run in the autocast dtype (bf16), as
+    ours do. A tied input embedding then gets its own dense gradient (no `sink`), which autograd adds.
+    """
+    import torch
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    dev = hidden.device.type
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else head.weight.dtype
+    bias = None if head.bias is None else head.bias.to(dtype)
+    with torch.autocast(dev, enabled=False):
+        out = liger_fused_linear_cross_entropy(input=hidden.to(dtype), weight=head.weight.to(dtype), target=target,
+                                               bias=bias, reduction="sum", softcap=softcap)
+    loss = out[0] if isinstance(out, tuple) else out
+    return loss.float()

@@ -1,0 +1,340 @@
+"""The GPU benchmark (issue 12): one run, <= 8 minutes on one H100/H200, prints every figure at once.
+
+1. peak: the card's measured bf16 matmul rate (8192^3 products; MFU is quoted against it).
+2. training tokens/s and MFU, ours (`cotdistill.train.train`: bf16 autocast over fp32 master weights,
+   padding-free rows, the largest per-device batch that fits, Liger's loss where installed) against
+   TRL's `SFTTrainer` with its documented fast settings (bf16, padding_free, Liger where it runs, the
+   model in its checkpoint dtype), on the same tokenised examples, the same effective batch (64) and
+   per-device batch, for three random-init shapes built from configs (throughput needs no trained
+   weights): smollm2-135m, gemma3-270m and a 1B Llama (Llama-3.2-1B's shape).
+3. evaluation generated tokens/s on the 300 SVAMP test questions: the hf engine (pruned loop; and
+   transformers' continuous batching, batching=continuous) against plain batched `model.generate`,
+   greedy, max 320 new tokens; answers of the two engine modes compared.
+4. one whole SVAMP cell, wall-clock: `train` (3 epochs, ~700 rationales) + `eval` (300 questions),
+   model loading included.
+
+Model for 3 and 4: --student (a folder or .gguf; the real SmolLM2 for realistic answer lengths), else
+the random-init smollm2 shape (it never stops by itself: every row runs 320 tokens).
+
+On a CPU, `--device cpu --tiny` runs every part on tiny models and a few questions (smoke test).
+
+GPU machine (`device` tool, see /work/.library/device/README.md): torch, transformers, accelerate are
+there; carry the rest as wheels in an ignored folder `.whl` (pip download --no-deps --only-binary=:all:
+--python-version 3.12 ... -d .whl NAME==VERSION, as the README says), and install them first:
+    pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5   (cotdistill)
+    trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 xxhash==4.1.0             (TRL baseline)
+    liger-kernel (latest, py3-none-any)                                                        (--loss-kernel liger)
+    gguf==0.19.0 only with --student FILE.gguf                  (pyarrow, pandas, typer are on the image)
+and carry the data and tokenizer: `.gpu/data` (benchmarks/svamp and cot/SVAMP_ChatGPT_level3_ranked.json.gz
+of the shared data dir) and `.gpu/tokenizer` (`python bench/gpu_bench.py --save-tokenizer .gpu/tokenizer`
+here writes SmolLM2's tokenizer from its GGUF). Then, in one `run`:
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD;
+    COTDISTILL_DATA=.gpu/data PYTHONUNBUFFERED=1 python3 bench/gpu_bench.py --tokenizer .gpu/tokenizer | tee $OUT/gpu_bench.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+DATA = "svamp/chatgpt/level3"
+
+
+def log(*a) -> None:
+    print(*a, flush=True)
+
+
+# ----------------------------------------------------------------------------- models from configs
+
+
+def shape_configs(tiny: bool, vocab: int) -> dict:
+    """name -> config of a random-init model (no weights needed for throughput)."""
+    from transformers import Gemma3TextConfig, LlamaConfig
+
+    if tiny:  # one shape: the smoke test checks the code paths, Gemma-3's are tested in tests/test_train*.py
+        return {
+            "tiny-llama": LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
+        }
+    return {
+        "smollm2-135m": LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                    num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                                    rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True),
+        "gemma3-270m": Gemma3TextConfig(vocab_size=262144, hidden_size=640, intermediate_size=2048,
+                                        num_hidden_layers=18, num_attention_heads=4, num_key_value_heads=1,
+                                        head_dim=256, sliding_window=512, max_position_embeddings=32768,
+                                        query_pre_attn_scalar=256, rope_theta=1000000.0,
+                                        layer_types=(["sliding_attention"] * 5 + ["full_attention"]) * 3),
+        "llama-1b": LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                                num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
+                                rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=True),
+    }
+
+
+def build(config, tok, folder: Path, dtype: str) -> Path:
+    """A random-init causal LM of `config` saved with `tok` into `folder` (a run folder `train` accepts)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config.pad_token_id, config.eos_token_id = tok.pad_token_id, tok.eos_token_id
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = tok.eos_token_id, tok.pad_token_id
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def free() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def bf16_peak_tflops(device: str, n: int) -> float:
+    """Measured bf16 matmul TFLOP/s (mean of 10 products after 3 warm-ups; CPU: for the smoke test only)."""
+    import torch
+
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for _ in range(3):
+        a @ b
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    sync()
+    return 2 * n**3 * 10 / (time.perf_counter() - t0) / 1e12
+
+
+def ours_train(folder: Path, out: Path, a, epochs: float, limit: int | None) -> dict:
+    from cotdistill.train import TrainConfig, train
+
+    cfg = TrainConfig(student=str(folder), data=DATA, out=out, epochs=epochs, limit=limit, device=a.device,
+                      quiet=True, overwrite=True, save_steps=10**6, max_length=a.max_length)
+    r = train(cfg)
+    prov = json.loads((out / "provenance.json").read_text())
+    return {"tokens": r.tokens, "seconds": r.train_seconds, "tokens_per_s": r.tokens_per_s,
+            "final_loss": r.final_loss, "per_device": prov["per_device_batch"], "accum": prov["grad_accum"],
+            "loss_kernel": prov.get("loss_kernel"), "padding_free": prov.get("padding_free")}
+
+
+def trl_train(folder: Path, out: Path, a, examples: list[dict], per_device: int, accum: int, epochs: float) -> dict:
+    """TRL's SFTTrainer on our tokenised examples (labels -100 on the prompt), the same batch shape."""
+    import torch
+    import pyarrow as pa
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+    from trl import SFTConfig, SFTTrainer
+
+    from cotdistill.kernels.loss import liger_available
+
+    cuda = a.device.startswith("cuda")
+    liger = cuda and liger_available()
+    args = SFTConfig(output_dir=str(out), num_train_epochs=epochs, learning_rate=5e-5, lr_scheduler_type="cosine",
+                     per_device_train_batch_size=per_device, gradient_accumulation_steps=accum, seed=100,
+                     bf16=cuda, use_cpu=not cuda, padding_free=True, use_liger_kernel=liger,
+                     max_length=None, save_strategy="no", report_to="none", logging_steps=10**6,
+                     disable_tqdm=True, dataloader_num_workers=0,
+                     dataset_kwargs={"skip_prepare_dataset": True})  # already tokenised; the collator packs
+    rows = [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples]
+    # built from an Arrow table with a fingerprint given: datasets' own hashing (dill) fails on some pyarrow builds
+    data = Dataset(InMemoryTable(pa.Table.from_pylist(rows)), fingerprint="gpu-bench")
+    trainer = SFTTrainer(model=str(folder), args=args, train_dataset=data)  # the checkpoint's dtype (TRL default)
+    dtype = str(next(trainer.model.parameters()).dtype).replace("torch.", "")
+    t0 = time.perf_counter()
+    out_ = trainer.train()
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    tokens = int(sum(len(e["input_ids"]) for e in examples) * epochs)
+    del trainer
+    free()
+    return {"tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1),
+            "final_loss": out_.training_loss, "liger": liger, "weights": dtype}
+
+
+def train_section(a, tok, work: Path, peak: float) -> None:
+    from bench_train import config_flops_per_token
+
+    from cotdistill import train as T
+
+    pairs, _ = T.load_pairs(DATA, None, a.limit)
+    examples = T.tokenize_pairs(tok, pairs, a.max_length or 2048)[0]
+    mean_len = sum(len(e["input_ids"]) for e in examples) / len(examples)
+    log(f"\n== training: {len(examples)} examples of {DATA}, mean {mean_len:.0f} tokens, effective batch 64, "
+        f"{a.train_epochs} epoch(s)")
+    try:
+        import trl  # noqa: F401
+        have_trl = True
+    except ImportError:
+        have_trl = False
+        log("   TRL not installed: its rows are skipped")
+    for name, config in shape_configs(a.tiny, len(tok)).items():
+        folder = build(config, tok, work / name, "float32" if a.tiny else "bfloat16")
+        flops = config_flops_per_token(config, mean_len)
+        ours = ours_train(folder, work / f"ours-{name}", a, a.train_epochs, a.limit)
+        free()
+        mfu = lambda r: 100 * r["tokens_per_s"] * flops / (peak * 1e12)  # noqa: E731
+        log(f"{name:14s} ours: {ours['tokens_per_s']:>10,.0f} tok/s  MFU {mfu(ours):5.1f} %  loss {ours['final_loss']:.3f}"
+            f"  (per-device {ours['per_device']} x accum {ours['accum']}, padding-free {ours['padding_free']},"
+            f" loss kernel {ours['loss_kernel']})")
+        if have_trl:
+            theirs = trl_train(folder, work / f"trl-{name}", a, examples, ours["per_device"], ours["accum"],
+                               a.train_epochs)
+            log(f"{name:14s} TRL : {theirs['tokens_per_s']:>10,.0f} tok/s  MFU {mfu(theirs):5.1f} %  "
+                f"loss {theirs['final_loss']:.3f}  (weights {theirs['weights']}, liger {theirs['liger']})"
+                f"  -> ours/TRL {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def plain_generate(model, tok, prompts: list[list[int]], max_new: int, batch: int) -> tuple[int, float]:
+    """Plain batched `model.generate` (left padded, greedy, stops at the end tokens): (generated tokens, s)."""
+    import torch
+
+    from cotdistill import students
+
+    stops = students.stop_token_ids(tok)
+    tokens, t0 = 0, time.perf_counter()
+    for s in range(0, len(prompts), batch):
+        part = prompts[s : s + batch]
+        w = max(map(len, part))
+        ids = torch.tensor([[tok.pad_token_id] * (w - len(p)) + p for p in part], device=model.device)
+        mask = torch.tensor([[0] * (w - len(p)) + [1] * len(p) for p in part], device=model.device)
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
+                                 eos_token_id=stops, pad_token_id=tok.pad_token_id)
+        for row in out[:, w:].tolist():
+            cut = next((k for k, t in enumerate(row) if t in stops), None)
+            tokens += len(row) if cut is None else cut + 1
+    return tokens, time.perf_counter() - t0
+
+
+def eval_section(a, student: str) -> None:
+    from cotdistill.benchmarks import load_benchmark
+    from cotdistill.engines.base import Request
+    from cotdistill.engines.hf import HFEngine
+
+    qs = load_benchmark("svamp", "test", None, a.questions)
+    requests = [Request.question(e.question) for e in qs]
+    log(f"\n== evaluation: {len(qs)} SVAMP test questions, greedy, max {a.max_new} new tokens, model {student}")
+    engine = HFEngine.load(student, device=a.device, batch_size=len(qs))
+    rows = {}
+    for mode in ("pruned", "continuous"):
+        engine.batching = mode
+        try:
+            engine.generate(requests[:4], max_new_tokens=8)  # warm-up (kernels, graphs)
+            t0 = time.perf_counter()
+            done = engine.generate(requests, max_new_tokens=a.max_new)
+            dt = time.perf_counter() - t0
+        except Exception as e:  # an optional path that fails here is reported, not fatal
+            log(f"hf engine {mode:10s}: failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            continue
+        n = sum(c.completion_tokens for c in done)
+        rows[mode] = done
+        log(f"hf engine {mode:10s}: {n / dt:>10,.0f} generated tok/s  ({n} tokens, {dt:.1f} s)")
+    if len(rows) == 2:
+        same = sum(x.text == y.text for x, y in zip(rows["pruned"], rows["continuous"]))
+        log(f"   pruned vs continuous: identical text on {same}/{len(qs)} questions")
+    engine.close()
+    prompts = [engine.encode(r.messages) for r in requests]
+    plain_generate(engine.model, engine.tokenizer, prompts[:4], 8, 4)  # warm-up
+    n, dt = plain_generate(engine.model, engine.tokenizer, prompts, a.max_new, a.generate_batch)
+    log(f"plain generate (batch {a.generate_batch}): {n / dt:>10,.0f} generated tok/s  ({n} tokens, {dt:.1f} s;"
+        " no answer stop: rows run to their end token)")
+    del engine
+    free()
+
+
+def cell_section(a, student: str, work: Path) -> None:
+    from cotdistill.evaluate import EvalConfig, evaluate
+    from cotdistill.train import TrainConfig, train
+
+    log(f"\n== one SVAMP cell: train {DATA} ({a.cell_epochs} epochs) + eval 300 test questions, loads included")
+    t0 = time.perf_counter()
+    r = train(TrainConfig(student=student, data=DATA, out=work / "cell", epochs=a.cell_epochs, limit=a.limit,
+                          device=a.device, quiet=True, overwrite=True))
+    t1 = time.perf_counter()
+    s = evaluate(EvalConfig(model=str(work / "cell"), dataset="svamp", out=work / "cell-eval", device=a.device,
+                            limit=a.questions, batch_size=a.questions or 300, max_new_tokens=a.max_new, quiet=True,
+                            overwrite=True))
+    t2 = time.perf_counter()
+    log(f"cell: {t2 - t0:.1f} s wall (train {t1 - t0:.1f} s: {r.tokens_per_s:,.0f} tok/s, loss {r.final_loss:.3f}; "
+        f"eval {t2 - t1:.1f} s: accuracy {100 * s.accuracy:.1f} %, {s.tokens_per_s:,.0f} tok/s)")
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tiny", action="store_true", help="tiny models, few examples and questions (CPU smoke test)")
+    ap.add_argument("--student", help="model for evaluation and the cell (folder or .gguf); default: random-init "
+                                      "smollm2 shape")
+    ap.add_argument("--tokenizer", help="tokenizer folder (default: the student's, or the smollm2-135m alias's)")
+    ap.add_argument("--save-tokenizer", type=Path, help="write the tokenizer to this folder and exit")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["train", "eval", "cell"])
+    a = ap.parse_args()
+    from cotdistill import students
+    from cotdistill.testing import make_tiny_tokenizer
+
+    if a.save_tokenizer:
+        students.load_tokenizer(a.tokenizer or a.student or "smollm2-135m").save_pretrained(a.save_tokenizer)
+        return
+    a.device = students.resolve_device(a.device)
+    a.limit, a.questions = (8, 4) if a.tiny else (None, None)
+    a.train_epochs, a.cell_epochs = (1.0, 1.0) if a.tiny else (1.0, 3.0)
+    a.max_new, a.generate_batch = (8, 4) if a.tiny else (320, 64)
+    a.max_length = 128 if a.tiny else None
+    tok = make_tiny_tokenizer(chat_template=True) if a.tiny and not (a.tokenizer or a.student) \
+        else students.load_tokenizer(a.tokenizer or a.student or "smollm2-135m")
+    peak = bf16_peak_tflops(a.device, 256 if a.tiny else 8192)
+    import torch
+    import transformers
+
+    gpu = torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu"
+    log(f"device {a.device} ({gpu}); torch {torch.__version__}, transformers {transformers.__version__}; "
+        f"measured bf16 matmul peak {peak:.3g} TFLOP/s")
+    work = Path(tempfile.mkdtemp(prefix="gpu_bench_"))
+    t0 = time.perf_counter()
+    try:
+        if "train" not in a.skip:
+            train_section(a, tok, work, peak)
+        student = a.student
+        if student is None and not {"eval", "cell"} <= set(a.skip):
+            name, config = next(iter(shape_configs(a.tiny, len(tok)).items()))
+            student = str(build(config, tok, work / f"eval-{name}", "float32" if a.tiny else "bfloat16"))
+        if "eval" not in a.skip:
+            eval_section(a, student)
+        if "cell" not in a.skip:
+            cell_section(a, student, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"\nbench wall-clock {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
