@@ -53,7 +53,7 @@ class EvalConfig(BaseModel):
     max_new_tokens: int = Field(320, ge=1, description="Longest generation in tokens.")
     batch_size: int = Field(64, ge=1, description="Questions generated together (finished rows leave the batch, so large batches cost little).")
     beams: int = Field(1, ge=1, description="1 = greedy; >1 = beam search with this many beams.")
-    dtype: str = Field("auto", description="auto (bf16 where native), bf16, fp32.")
+    dtype: str = Field("auto", description="auto (fp32 on CPU, measured in docs/numerics.md; bf16 on GPUs that have it), bf16, fp32.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
     stop_at_answer: bool = Field(True, description="Stop a row once it has stated its answer.")
     overwrite: bool = Field(False, description="Replace a different evaluation that already occupies `out`.")
@@ -475,6 +475,9 @@ def evaluate(cfg: EvalConfig, progress: ProgressFn | None = None) -> EvalSummary
     if not examples:
         raise CotdistillError(f"benchmark {cfg.dataset}/{cfg.split} has no questions")
     _check_model_folder(cfg.model)
+    # the resolved precision is part of the evaluation's identity: a folder evaluated in bf16 never resumes in fp32
+    cfg = cfg.model_copy(update={"dtype": students.resolve_dtype(cfg.dtype, students.resolve_device(cfg.device),
+                                                                 evaluation=True)})
     _, done = _prepare_out(cfg)
     done_ids = {r["id"] for r in done}
     todo = [e for e in examples if e.id not in done_ids]
