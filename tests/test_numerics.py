@@ -146,3 +146,10 @@ def test_paired_test_across_numerics_is_marked():
     assert "mixed numerics" not in _test_row(a, b)[-1]
     assert mixes_numerics(a, cond("c", "bf16", "bf16")) and mixes_numerics(a, cond("d", "fp32", "fp32"))
     assert _test_row(a, cond("c", "bf16", "bf16"))[-1].endswith("⚠ mixed numerics")
+
+
+def test_auto_evaluates_in_fp32_on_every_cpu_and_trains_in_bf16_where_native(monkeypatch):
+    monkeypatch.setattr(students, "cpu_has_native_bf16", lambda: True)
+    assert students.resolve_dtype("auto", "cpu", evaluation=True) == "float32"
+    assert students.resolve_dtype("auto", "cpu") == "bfloat16"
+    assert students.resolve_dtype("bf16", "cpu", evaluation=True) == "bfloat16"  # asked for, given

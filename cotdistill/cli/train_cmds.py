@@ -15,6 +15,7 @@ ConfigFile = Annotated[
 ]
 Device = Annotated[Optional[str], typer.Option(help="auto (cuda if available), cpu, cuda, cuda:N.")]
 Dtype = Annotated[Optional[str], typer.Option(help="auto (bf16 where the hardware runs it natively), bf16, fp32.")]
+EvalDtype = Annotated[Optional[str], typer.Option("--dtype", help="auto (fp32 on CPU, docs/numerics.md; bf16 on GPUs that have it), bf16, fp32.")]
 
 
 def build_config(model_cls: type, config_file: Path | None, flags: dict[str, Any]) -> Any:
@@ -93,7 +94,7 @@ def eval_cmd(
     trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow hub model code.")] = None,
     quiet: Annotated[Optional[bool], typer.Option("--quiet", help="No progress bar.")] = None,
     device: Device = None,
-    dtype: Dtype = None,
+    dtype: EvalDtype = None,
     config: ConfigFile = None,
     data_dir: DataDir = None,
 ) -> None:
