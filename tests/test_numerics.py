@@ -153,3 +153,9 @@ def test_auto_evaluates_in_fp32_on_every_cpu_and_trains_in_bf16_where_native(mon
     assert students.resolve_dtype("auto", "cpu", evaluation=True) == "float32"
     assert students.resolve_dtype("auto", "cpu") == "bfloat16"
     assert students.resolve_dtype("bf16", "cpu", evaluation=True) == "bfloat16"  # asked for, given
+
+
+def test_unknown_dtype_in_the_study_names_its_line(tmp_path, tiny_student, data_dir):
+    path = make_study(tmp_path, tiny_student, TRAINED.replace("batch_size: 4}", "batch_size: 4, dtype: fp8}"))
+    with pytest.raises(CotdistillError, match=r"study\.yaml:4: train\.dtype: unknown dtype 'fp8'"):
+        study.plan_study(study.load_study(path), data_dir)

@@ -328,8 +328,14 @@ def expand_cells(cfg: StudyConfig, data_dir: Path | None = None, numerics: Study
         ev_res = _resolve_settings(cfg, evaluate.EvalConfig, ev, req, _EVAL_STUDY, ev_loc)
         return Cell(dataset=dataset, student=student, supervision=sup, seed=seed, train=tr, eval=ev,
                     train_resolved=tr_res, eval_resolved=ev_res,
-                    train_numerics=None if tr is None else numerics.job("train", tr, gpus.get("train")),
-                    eval_numerics=numerics.job("eval", ev, gpus.get("eval")))
+                    train_numerics=None if tr is None else job_numerics("train", tr, tr_loc),
+                    eval_numerics=job_numerics("eval", ev, ev_loc))
+
+    def job_numerics(kind: str, settings: dict, loc: tuple) -> Numerics:
+        try:
+            return numerics.job(kind, settings, gpus.get(kind))
+        except CotdistillError as e:  # an unknown dtype: name the study file's line
+            raise CotdistillError(f"{cfg.where(*loc, 'dtype')}: {'.'.join(map(str, loc))}.dtype: {e}") from None
 
     cells: list[Cell] = []
     # The product of the lists.
