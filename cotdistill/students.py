@@ -151,7 +151,7 @@ def cpu_has_native_bf16() -> bool:
 
 def resolve_dtype(dtype: str | None, device: str, *, evaluation: bool = False) -> str:
     """"auto" -> bf16 where the hardware runs it natively, else fp32; except that evaluation on a
-    CPU is always fp32: bf16 there changed 1 answer in 8 (measured, docs/numerics.md)."""
+    CPU is always fp32: bf16 there changed 22 of 64 SmolLM2 answers on SVAMP (docs/numerics.md)."""
     import torch
 
     if dtype in (None, "auto"):
