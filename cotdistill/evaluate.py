@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cotdistill import students
 from cotdistill.engines import Completion, Request, check_engine, make_engine
 from cotdistill.engines.openai import check_base_url
 from cotdistill.errors import CotdistillError, unknown_name
@@ -53,7 +54,7 @@ class EvalConfig(BaseModel):
                                                    "engine openai: requests in flight at once.")
     batching: Literal["auto", "pruned", "continuous"] = Field("auto", description="engine hf: auto/pruned (our greedy loop: finished rows leave the batch), or continuous (transformers' continuous batching, for GPUs).")
     beams: int = Field(1, ge=1, description="1 = greedy; >1 = beam search with this many beams.")
-    dtype: str = Field("auto", description="auto (bf16 where native), bf16, fp32.")
+    dtype: str = Field("auto", description="auto (fp32 on CPU, measured in docs/numerics.md; bf16 on GPUs that have it), bf16, fp32.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
     stop_at_answer: bool = Field(True, description="Stop a row once it has stated its answer.")
     overwrite: bool = Field(False, description="Replace a different evaluation that already occupies `out`.")
@@ -225,6 +226,9 @@ def evaluate(cfg: EvalConfig, progress: ProgressFn | None = None) -> EvalSummary
         raise CotdistillError(f"benchmark {cfg.dataset}/{cfg.split} has no questions")
     if cfg.engine == "hf":
         _check_model_folder(cfg.model)
+        # the resolved precision is part of the evaluation's identity: a folder evaluated in bf16 never resumes in fp32
+        cfg = cfg.model_copy(update={"dtype": students.resolve_dtype(cfg.dtype, students.resolve_device(cfg.device),
+                                                                     evaluation=True)})
     _, done = _prepare_out(cfg)
     done_ids = {r["id"] for r in done}
     todo = [e for e in examples if e.id not in done_ids]

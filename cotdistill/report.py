@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cotdistill import metrics, refs
+from cotdistill.numerics import major_minor
 from cotdistill.provenance import atomic_write_text, write_provenance
 from cotdistill.results import CellResult, read_results
 
@@ -166,6 +167,31 @@ class Condition:
     def seeds(self) -> set[str]:
         return {k[0] for k in self.correct}
 
+    @property
+    def numerics(self) -> set[tuple]:
+        return {_numerics_key(r) for r in self.rows}
+
+
+def _numerics_key(r: CellResult) -> tuple:
+    """What made a row's accuracy, as far as it changes answers (patch versions do not count)."""
+    return (r.train_dtype, r.eval_dtype, r.device, r.engine, major_minor(r.torch or ""),
+            major_minor(r.transformers or ""))
+
+
+def mixes_numerics(a: Condition, b: Condition) -> bool:
+    """Does a comparison of A and B mix numerics? A zero-shot side has no training to compare."""
+    keys = a.numerics | b.numerics
+    evals = {k[1:] for k in keys}
+    trains = {k[0] for k in keys if k[0] is not None}
+    return len(evals) > 1 or len(trains) > 1
+
+
+def _numerics_short(r: CellResult) -> str:
+    if not r.eval_dtype:
+        return "–"
+    train = f"train {r.train_dtype}, " if r.train_dtype else ""
+    return f"{train}eval {r.eval_dtype} {r.device}/{r.engine}"
+
 
 def _conditions(study_dir: Path, rows: list[CellResult]) -> list[Condition]:
     by: dict[tuple, Condition] = {}
@@ -196,6 +222,8 @@ def _test_row(a: Condition, b: Condition, t: metrics.PairedTest | None = None) -
     """A row of TEST_HEADERS; pass `t` when compare(a, b) was already computed (it bootstraps)."""
     t = t or compare(a, b)
     verdict = "yes" if t.mcnemar_p < ALPHA else "no"
+    if mixes_numerics(a, b):
+        verdict += " ⚠ mixed numerics"
     return [
         a.name, b.name, _pct(t.acc_a), _pct(t.acc_b), f"{100 * t.diff:+.1f} [{100 * t.diff_ci_low:+.1f}, {100 * t.diff_ci_high:+.1f}]",
         f"{t.a_only}/{t.b_only}", _p(t.mcnemar_p), _p(t.bootstrap_p), str(t.n), verdict,
@@ -464,7 +492,7 @@ def write_report(study_dir: Path, data_dir: Path | None = None) -> Path:
 def _results_section(doc: Doc, rows: list[CellResult]) -> None:
     doc.h(2, "Results")
     headers = ["dataset", "student", "teacher", "level", "format", "seed", "train ex.", "accuracy %", "95 % CI",
-               "mean out tok", "train s", "eval s", "train tok/s", "eval tok/s", "status"]  # fmt: skip
+               "mean out tok", "train s", "eval s", "train tok/s", "eval tok/s", "numerics", "status"]  # fmt: skip
     table = []
     for r in sorted(rows, key=lambda r: (r.dataset, r.student, r.teacher, r.level or 0, r.format, r.seed)):
         ci = f"{_pct(r.ci_low)}–{_pct(r.ci_high)}" if r.ci_low is not None else "–"
@@ -472,8 +500,26 @@ def _results_section(doc: Doc, rows: list[CellResult]) -> None:
                       _num(r.train_examples, "{:.0f}"), _pct(r.accuracy), ci,
                       _num(r.mean_output_tokens, "{:.1f}"), _num(r.train_seconds, "{:.0f}"),
                       _num(r.eval_seconds, "{:.0f}"), _num(r.train_tokens_per_s, "{:.0f}"),
-                      _num(r.eval_tokens_per_s, "{:.1f}"), r.status])  # fmt: skip
+                      _num(r.eval_tokens_per_s, "{:.1f}"), _numerics_short(r), r.status])  # fmt: skip
     doc.table(headers, table)
+    _numerics_note(doc, rows)
+
+
+def _numerics_note(doc: Doc, rows: list[CellResult]) -> None:
+    """Which numerics made the numbers; a warning when they differ between cells."""
+    done = [r for r in rows if r.status == "done" and r.eval_dtype]
+    kinds = sorted({_numerics_key(r) for r in done}, key=str)
+    if not kinds:
+        return
+    made = sorted({r.numerics for r in done if r.numerics} | {f"training {r.train_numerics}" for r in done if r.train_numerics})
+    if len({k[1:] for k in kinds}) == 1 and len({k[0] for k in kinds if k[0]}) <= 1:
+        doc.p("Numerics: every number above was made with " + "; ".join(f"`{m}`" for m in made)
+              + " (dtype/device/engine, versions). Other numerics give other answers (docs/numerics.md).")
+        return
+    doc.p(f"⚠ **Mixed numerics**: these cells were computed under {len(kinds)} different precisions, devices, "
+          "engines or library versions (" + "; ".join(f"`{m}`" for m in made) + "). Accuracy differences between "
+          "them may come from the numerics rather than the supervision; paired tests that mix them are marked "
+          "⚠ mixed numerics.")
 
 
 def _granularity_section(doc: Doc, dataset: str, conds: list[Condition], fig_dir: Path) -> None:
@@ -504,7 +550,8 @@ def _granularity_section(doc: Doc, dataset: str, conds: list[Condition], fig_dir
             t = compare(best, worst)
             doc.p(f"**{student}** on {teacher} rationales: best at level {best.level} ({_pct(best.accuracy)} %), "
                   f"worst at level {worst.level} ({_pct(worst.accuracy)} %); the difference "
-                  f"{'is' if t.mcnemar_p < ALPHA else 'is not'} significant (McNemar p = {_p(t.mcnemar_p)}, n = {t.n}). "
+                  f"{'is' if t.mcnemar_p < ALPHA else 'is not'} significant (McNemar p = {_p(t.mcnemar_p)}, n = {t.n})"
+                  + (" — ⚠ but the two were computed under different numerics. " if mixes_numerics(best, worst) else ". ")
                   + _shape(cs))  # fmt: skip
             tests.append([student] + _test_row(best, worst, t))
         for a, b in zip(cs, cs[1:]):

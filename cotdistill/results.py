@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cotdistill.errors import CotdistillError
+from cotdistill.numerics import Numerics
 from cotdistill.provenance import atomic_write_text
 
 
@@ -33,6 +34,7 @@ class JobRecord(BaseModel):
     error: str | None = Field(None, description="One line: what went wrong.")
     traceback: str | None = None
     log: str | None = Field(None, description="The worker's log, relative to the study folder (subprocess, ray).")
+    numerics: Numerics | None = Field(None, description="What computed it: dtype, device, engine, full versions of this worker.")
 
 
 class CellResult(BaseModel):
@@ -67,13 +69,22 @@ class CellResult(BaseModel):
     train_tokens_per_s: float | None = None
     eval_tokens_per_s: float | None = None
     final_loss: float | None = None
+    numerics: str | None = Field(None, description="What made the accuracy: eval dtype/device/engine and full versions.")
+    train_numerics: str | None = Field(None, description="What trained the model (None: zero-shot).")
+    eval_dtype: str | None = None
+    train_dtype: str | None = None
+    device: str | None = None
+    engine: str | None = None
+    torch: str | None = Field(None, description="Full torch version that evaluated it.")
+    transformers: str | None = Field(None, description="Full transformers version that evaluated it.")
     error: str | None = None
 
 
 CSV_COLUMNS = [
     "cell", "status", "dataset", "student", "teacher", "level", "format", "supervision", "seed",
     "train_examples", "accuracy", "ci_low", "ci_high", "n", "correct", "mean_output_tokens", "stopped_share",
-    "train_seconds", "eval_seconds", "train_tokens_per_s", "eval_tokens_per_s", "final_loss", "error",
+    "train_seconds", "eval_seconds", "train_tokens_per_s", "eval_tokens_per_s", "final_loss",
+    "eval_dtype", "train_dtype", "device", "engine", "torch", "transformers", "numerics", "error",
 ]  # fmt: skip
 
 

@@ -21,9 +21,10 @@ import fcntl
 import json
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cotdistill import refs
+from cotdistill.numerics import SHORT, settle, write_record
 from cotdistill.plan.cells import Cell, expand_cells, short_name
 from cotdistill.plan.jobs import Plan, build_plan, done_record, error_record, eval_name, job_dir
 from cotdistill.plan.spec import ExecutorSettings, StudyConfig, executor_settings, load_study
@@ -34,13 +35,19 @@ __all__ = ["load_study", "expand_cells", "plan_study", "run_study", "study_statu
            "cell_result", "collect_results"]
 
 
-def plan_study(cfg: StudyConfig, data_dir: Path | None = None, cells: list[Cell] | None = None) -> Plan:
-    """The study's jobs (every check of the study file happens here, before anything runs)."""
+def plan_study(cfg: StudyConfig, data_dir: Path | None = None, cells: list[Cell] | None = None,
+               study_dir: Path | None = None, numerics: Literal["recorded", "here"] = "recorded") -> Plan:
+    """The study's jobs (every check of the study file happens here, before anything runs).
+    `study_dir`: its folder, whose numerics.json (if any) fixes what `auto` means; `numerics="here"`
+    replaces that record with this machine's choice."""
     from cotdistill.data import resolve_data_dir
 
     data_dir = resolve_data_dir(data_dir)
-    cells = cells if cells is not None else expand_cells(cfg, data_dir)
-    return build_plan(cells, cfg.resources, data_dir)
+    fixed = settle(study_dir, numerics)
+    cells = cells if cells is not None else expand_cells(cfg, data_dir, fixed)
+    plan = build_plan(cells, cfg.resources, data_dir)
+    plan.numerics = fixed
+    return plan
 
 
 # ---------------------------------------------------------------------------- records
@@ -61,6 +68,7 @@ def cell_result(cell: Cell, plan: Plan, study_dir: Path) -> CellResult:
         supervision_source=source, supervision_sha256=sup.sha256, seed=cell.seed,
         train_limit=(cell.train or {}).get("limit"), train_examples=0 if sup.kind == "none" else None,
     )
+    base.update(_numerics_columns(ejob, study_dir, plan))
     done = done_record(study_dir, ejob)
     if done is None:
         for name in plan.chain(ejob.name):
@@ -82,6 +90,23 @@ def cell_result(cell: Cell, plan: Plan, study_dir: Path) -> CellResult:
     )
 
 
+def _numerics_columns(ejob: Any, study_dir: Path, plan: Plan) -> dict[str, Any]:
+    """The cell's numerics: as its jobs ran (full versions of their workers), else as planned."""
+    tjob = next((plan.jobs[n] for n in ejob.deps if plan.jobs[n].kind == "train"), None)
+
+    def ran(job: Any) -> Any:
+        rec = done_record(study_dir, job) if job is not None else None
+        got = (rec or {}).get("numerics")
+        return type(job.numerics).model_validate(got) if got else (job.numerics if job is not None else None)
+
+    ev, tr = ran(ejob), ran(tjob)
+    if ev is None:
+        return {}
+    return dict(numerics=ev.label(), train_numerics=tr.label() if tr else None, eval_dtype=SHORT.get(ev.dtype, ev.dtype),
+                train_dtype=SHORT.get(tr.dtype, tr.dtype) if tr else None, device=ev.device, engine=ev.engine,
+                torch=ev.torch, transformers=ev.transformers)
+
+
 def _round(v: Any) -> Any:
     return round(float(v), 2) if isinstance(v, (int, float)) else v
 
@@ -97,6 +122,8 @@ def init_study_dir(cfg: StudyConfig, plan: Plan, study_dir: Path, data_dir: Path
     """Write the study file, its provenance (every resolved cell and job), each job's job.json
     and the results as they stand."""
     study_dir.mkdir(parents=True, exist_ok=True)
+    if plan.numerics is not None:
+        write_record(study_dir, plan.numerics)  # the first time: what `auto` means for this study from now on
     if cfg._text:
         atomic_write_text(study_dir / "study.yaml", cfg._text)
     write_provenance(
@@ -159,6 +186,7 @@ def run_study(
     cells: list[Cell] | None = None,
     report: bool = True,
     executor: ExecutorSettings | None = None,
+    numerics: Literal["recorded", "here"] = "recorded",
 ) -> Path:
     """Run every job not yet done on the executor (failures are recorded and the study goes on),
     then write results and the report. Returns the study folder."""
@@ -169,8 +197,8 @@ def run_study(
     from cotdistill.view import PlainView
 
     data_dir = resolve_data_dir(data_dir)
-    plan = plan_study(cfg, data_dir, cells)
     study_dir = Path(out)
+    plan = plan_study(cfg, data_dir, cells, study_dir, numerics)
     settings = executor or executor_settings(cfg)
     runner = make_executor(settings)
     view = view or PlainView()

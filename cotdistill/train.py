@@ -531,6 +531,7 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     """Fine-tune `cfg.student` on `cfg.data` into `cfg.out` (idempotent; resumable with cfg.resume)."""
     device = students.resolve_device(cfg.device)
     dtype = students.resolve_dtype(cfg.dtype, device)
+    cfg = cfg.model_copy(update={"dtype": dtype})  # the resolved precision is part of the run's identity
     pairs, source_name = load_pairs(cfg.data, cfg.data_dir, cfg.limit)  # bad data fails before touching out
     world = int(os.environ.get("WORLD_SIZE", "1"))
     state, ckpt = _prepare_out_on_main(cfg, device, world)

@@ -23,6 +23,7 @@ def study_cmd(
     max_parallel: Annotated[Optional[int], typer.Option(help="Jobs running at once (subprocess, ray).")] = None,
     max_retries: Annotated[Optional[int], typer.Option(help="Re-runs of a job whose worker died.")] = None,
     plain: Annotated[bool, typer.Option("--plain", help="One line per event instead of the live view.")] = False,
+    numerics: Annotated[str, typer.Option(help="recorded: keep the precision/versions the study folder recorded the first time (numerics.json); here: re-plan under this machine's (jobs re-run).")] = "recorded",
 ) -> None:
     """Run every job of a study (teach -> train -> eval) on an executor, then write results.csv and
     the report. Re-running skips finished jobs and resumes a half-trained one."""
@@ -31,11 +32,15 @@ def study_cmd(
     from cotdistill.plan.spec import executor_settings
     from cotdistill.view import LiveView, PlainView
 
+    from cotdistill.errors import unknown_name
+
+    if numerics not in ("recorded", "here"):
+        raise unknown_name("--numerics", numerics, ("recorded", "here"))
     cfg = study.load_study(file)
     settings = executor_settings(cfg, name=executor, ray_address=ray_address, max_parallel=max_parallel,
                                  max_retries=max_retries)
-    jobs = study.plan_study(cfg, data_dir)  # every check happens here, before any job runs
     out = out or Path("runs") / file.stem
+    jobs = study.plan_study(cfg, data_dir, study_dir=out, numerics=numerics)  # every check happens here
     if check:
         for c in jobs.cells:
             mark = "done" if is_done(out, jobs.eval_job(c)) else "todo"
@@ -46,7 +51,8 @@ def study_cmd(
         print("\n".join(plan_lines(jobs, out)))
         return
     view = LiveView() if sys.stderr.isatty() and not plain else PlainView()
-    study_dir = study.run_study(cfg, out, data_dir=data_dir, view=view, cells=jobs.cells, executor=settings)
+    study_dir = study.run_study(cfg, out, data_dir=data_dir, view=view, cells=jobs.cells, executor=settings,
+                                numerics=numerics)
     counts = study.study_status(study_dir)
     print(f"cells: {', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}")
     print(f"results: {study_dir / 'results.csv'}")

@@ -15,6 +15,7 @@ ConfigFile = Annotated[
 ]
 Device = Annotated[Optional[str], typer.Option(help="auto (cuda if available), cpu, cuda, cuda:N.")]
 Dtype = Annotated[Optional[str], typer.Option(help="auto (bf16 where the hardware runs it natively), bf16, fp32.")]
+EvalDtype = Annotated[Optional[str], typer.Option("--dtype", help="auto (fp32 on CPU, docs/numerics.md; bf16 on GPUs that have it), bf16, fp32.")]
 
 
 def build_config(model_cls: type, config_file: Path | None, flags: dict[str, Any]) -> Any:
@@ -103,7 +104,7 @@ def eval_cmd(
     base_url: Annotated[Optional[str], typer.Option(help="--engine openai: the server, e.g. http://127.0.0.1:8000/v1.")] = None,
     api_key_env: Annotated[Optional[str], typer.Option(help="--engine openai: environment variable holding the API key (default OPENAI_API_KEY).")] = None,
     device: Device = None,
-    dtype: Dtype = None,
+    dtype: EvalDtype = None,
     config: ConfigFile = None,
     data_dir: DataDir = None,
 ) -> None:

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from cotdistill import refs
 from cotdistill.errors import CotdistillError
 from cotdistill.locks import JobLock
+from cotdistill.numerics import check_runnable
 from cotdistill.plan.jobs import EvalJob, TeachJob, TrainJob, done_record, job_dir
 from cotdistill.provenance import atomic_write_text
 from cotdistill.results import JobRecord
@@ -60,8 +61,12 @@ def _run_claimed(job, study_dir: Path, data_dir: Path | None, emit: Emit | None,
     who = {"host": socket.gethostname(), "pid": os.getpid()}
     _attempt(jdir, {"event": "start", "time": started, **who})
     _set_threads(job.resources.cpus)
-    record = dict(name=job.name, kind=job.kind, key=job.key, started=started, log=log, **who)
+    numerics = getattr(job, "numerics", None)
+    record = dict(name=job.name, kind=job.kind, key=job.key, started=started, log=log,
+                  numerics=numerics.here() if numerics else None, **who)
     try:
+        if numerics is not None:
+            check_runnable(numerics)  # a worker elsewhere must not compute it under other numerics
         result = STAGES[job.kind](job, study_dir, data_dir, _progress(job.name, job.kind, emit))
     except Exception as e:  # noqa: BLE001  (a failed job is recorded; the study goes on)
         msg = str(e) if isinstance(e, CotdistillError) else f"{type(e).__name__}: {e}".splitlines()[0]
@@ -160,7 +165,7 @@ def _train(job: TrainJob, study_dir: Path, data_dir: Path | None, progress: Call
     # resume: a half-trained model (its worker was killed) continues from its last checkpoint.
     settings.update(student=refs.resolve(job.student, data_dir, study_dir),
                     data=refs.resolve(job.data, data_dir, study_dir), out=str(study_dir / job.out), seed=job.seed,
-                    resume=True, data_dir=str(data_dir) if data_dir else None, quiet=True)
+                    resume=True, data_dir=str(data_dir) if data_dir else None, quiet=True, **_numerics(job))
     result = train.train(train.TrainConfig(**settings), progress=progress)
     return result.model_dump(mode="json", exclude={"out"})
 
@@ -170,8 +175,18 @@ def _eval(job: EvalJob, study_dir: Path, data_dir: Path | None, progress: Callab
 
     settings = dict(job.settings)
     settings.update(model=refs.resolve(job.model, data_dir, study_dir), dataset=job.dataset,
-                    out=str(study_dir / job.out), data_dir=str(data_dir) if data_dir else None, quiet=True)
+                    out=str(study_dir / job.out), data_dir=str(data_dir) if data_dir else None, quiet=True,
+                    **_numerics(job))
     return evaluate.evaluate(evaluate.EvalConfig(**settings), progress=progress).model_dump(mode="json")
+
+
+def _numerics(job: TrainJob | EvalJob) -> dict[str, str]:
+    """The stage computes under the job's planned numerics, not what `auto` means on this worker."""
+    n = job.numerics
+    if n is None:
+        return {}
+    device = str(job.settings.get("device") or "auto")
+    return {"dtype": n.dtype, "device": n.device if device == "auto" else device}
 
 
 STAGES: dict[str, Callable[..., dict]] = {"teach": _teach, "train": _train, "eval": _eval}

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cotdistill import refs
 from cotdistill.errors import CotdistillError, unknown_name
+from cotdistill.numerics import Numerics, StudyNumerics
 from cotdistill.plan.spec import StudyConfig, expand_braces
 
 NONE = "none"  # supervision meaning "no training": the zero-shot baseline
@@ -50,6 +51,8 @@ class Cell(BaseModel):
     eval: dict[str, Any]  # evaluation settings as given
     train_resolved: dict[str, Any] | None  # every setting that changes the trained model, defaults filled in
     eval_resolved: dict[str, Any]  # every setting that changes the evaluation, defaults filled in
+    train_numerics: Numerics | None = None  # precision, device, engine, versions of its training
+    eval_numerics: Numerics | None = None  # ... and of its evaluation (cotdistill.numerics)
 
     def identity(self) -> dict[str, Any]:
         sup = self.supervision
@@ -60,6 +63,8 @@ class Cell(BaseModel):
             "seed": self.seed,
             "train": self.train_resolved,
             "eval": self.eval_resolved,
+            "train_numerics": self.train_numerics.key() if self.train_numerics else None,
+            "eval_numerics": self.eval_numerics.key() if self.eval_numerics else None,
         }
 
     def key(self) -> str:
@@ -67,7 +72,7 @@ class Cell(BaseModel):
 
     def train_key(self) -> str:
         ident = self.identity()
-        return _hash({k: ident[k] for k in ("dataset", "student", "supervision", "seed", "train")})
+        return _hash({k: ident[k] for k in ("dataset", "student", "supervision", "seed", "train", "train_numerics")})
 
     def teach_key(self) -> str | None:
         """Key of the teacher's supervision file (None: no teacher); the teacher's name hashes its settings."""
@@ -293,11 +298,14 @@ def _check_dataset(cfg: StudyConfig, name: str, loc: tuple) -> str:
     return name
 
 
-def expand_cells(cfg: StudyConfig, data_dir: Path | None = None) -> list[Cell]:
+def expand_cells(cfg: StudyConfig, data_dir: Path | None = None, numerics: StudyNumerics | None = None) -> list[Cell]:
     """Every cell of the study, validated up front: an unknown key, an empty grid, a supervision
-    name that does not exist, or a student that cannot be loaded fails here, with its line."""
+    name that does not exist, or a student that cannot be loaded fails here, with its line.
+    `numerics`: what `auto` means (the study folder's record); default: this machine."""
     from cotdistill import evaluate, train
 
+    numerics = numerics or StudyNumerics.resolve_here()
+    gpus = {kind: spec.gpus for kind, spec in cfg.resources.items()}
     cache: dict = {}
     datasets = [_check_dataset(cfg, d, ("datasets", i)) for i, d in enumerate(cfg.datasets)]
     students = [check_student(cfg, s, ("students", i), data_dir) for i, s in enumerate(cfg.students)]
@@ -319,7 +327,15 @@ def expand_cells(cfg: StudyConfig, data_dir: Path | None = None) -> list[Cell]:
         req = {"model": student, "dataset": dataset, "out": "x"}
         ev_res = _resolve_settings(cfg, evaluate.EvalConfig, ev, req, _EVAL_STUDY, ev_loc)
         return Cell(dataset=dataset, student=student, supervision=sup, seed=seed, train=tr, eval=ev,
-                    train_resolved=tr_res, eval_resolved=ev_res)
+                    train_resolved=tr_res, eval_resolved=ev_res,
+                    train_numerics=None if tr is None else job_numerics("train", tr, tr_loc),
+                    eval_numerics=job_numerics("eval", ev, ev_loc))
+
+    def job_numerics(kind: str, settings: dict, loc: tuple) -> Numerics:
+        try:
+            return numerics.job(kind, settings, gpus.get(kind))
+        except CotdistillError as e:  # an unknown dtype: name the study file's line
+            raise CotdistillError(f"{cfg.where(*loc, 'dtype')}: {'.'.join(map(str, loc))}.dtype: {e}") from None
 
     cells: list[Cell] = []
     # The product of the lists.

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from cotdistill import refs
+from cotdistill.numerics import Numerics, StudyNumerics, default_gpus
 from cotdistill.plan.cells import Cell, _safe
 from cotdistill.plan.spec import ResourceSpec
 
@@ -65,6 +66,7 @@ class TrainJob(_Job):
     data: str = Field(description="Supervision reference (released name, data:/study:/absolute path).")
     seed: int
     settings: dict[str, Any] = Field(description="train.TrainConfig settings as given.")
+    numerics: Numerics | None = Field(None, description="The precision, device, engine and versions it trains under.")
     out: str = Field(description="The run folder, relative to the study folder.")
 
 
@@ -76,6 +78,7 @@ class EvalJob(_Job):
     model: str = Field(description="Model reference: the student itself (zero-shot) or study:models/<run>.")
     dataset: str
     settings: dict[str, Any] = Field(description="evaluate.EvalConfig settings as given.")
+    numerics: Numerics | None = Field(None, description="The precision, device, engine and versions it evaluates under.")
     out: str = Field(description="The evaluation folder, relative to the study folder.")
 
 
@@ -90,6 +93,7 @@ class Plan(BaseModel):
     model_config = ConfigDict(extra="forbid")
     jobs: dict[str, Job]
     cells: list[Cell]
+    numerics: StudyNumerics | None = Field(None, description="What `auto` means for this study (its numerics.json).")
 
     def eval_job(self, cell: Cell) -> EvalJob:
         return self.jobs[eval_name(cell)]  # type: ignore[return-value]
@@ -168,14 +172,14 @@ def build_plan(cells: list[Cell], resources: dict[str, ResourceSpec] | None = No
             out = f"models/{cell.model_slug}"
             jobs.setdefault(name, TrainJob(
                 name=name, key=cell.train_key(), deps=deps, student=cell.student, data=data, seed=cell.seed,
-                settings=dict(cell.train or {}), out=out,
+                settings=dict(cell.train or {}), out=out, numerics=cell.train_numerics,
                 resources=_resources("train", resources, cell.student, data_dir),
                 label="train " + cell.label()))
             deps, model = [name], refs.study_ref(out)
         name = eval_name(cell)
         jobs[name] = EvalJob(
             name=name, key=cell.key(), deps=deps, cell=cell.slug, model=model, dataset=cell.dataset,
-            settings=dict(cell.eval), out=f"cells/{cell.slug}/eval",
+            settings=dict(cell.eval), out=f"cells/{cell.slug}/eval", numerics=cell.eval_numerics,
             resources=_resources("eval", resources, cell.student, data_dir), label="eval " + cell.label())
     return Plan(jobs=jobs, cells=cells)
 
@@ -187,19 +191,10 @@ def _resources(kind: str, given: dict[str, ResourceSpec], student: str | None, d
     """The study's resources for this kind of job, the rest estimated: a GPU for train/eval when
     this machine has one; on CPU, every core of this machine (torch uses them all)."""
     spec = given.get(kind) or ResourceSpec()
-    gpus = spec.gpus if spec.gpus is not None else (1.0 if kind != "teach" and _has_cuda() else 0.0)
+    gpus = default_gpus(kind, spec.gpus)
     cpus = spec.cpus if spec.cpus is not None else (1.0 if gpus or kind == "teach" else float(os.cpu_count() or 1))
     memory = spec.memory_gb * 1024 if spec.memory_gb is not None else _memory_estimate_mb(kind, student, data_dir)
     return Resources(cpus=cpus, gpus=gpus, memory_mb=int(memory))
-
-
-def _has_cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
 
 
 def _weights_bytes(student: str, data_dir: Path | None) -> int | None:
@@ -251,6 +246,8 @@ def plan_lines(plan: Plan, study_dir: Path) -> list[str]:
         res = f"cpus={r.cpus:g} gpus={r.gpus:g} mem={r.memory_mb / 1024:.1f}G"
         needs = f"  needs {', '.join(job.deps)}" if job.deps else ""
         lines.append(f"{state:7s} {job.kind:5s} {job.name}  [{res}]{needs}")
+    if plan.numerics is not None:
+        lines.append(f"numerics: auto means {plan.numerics.summary()} (numerics.json)")
     counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
     lines.append(f"{len(plan.jobs)} jobs for {len(plan.cells)} cells: {counts}")
     return lines
