@@ -175,7 +175,7 @@ class Condition:
 def _numerics_key(r: CellResult) -> tuple:
     """What made a row's accuracy, as far as it changes answers (patch versions do not count)."""
     return (r.train_dtype, r.eval_dtype, r.device, r.engine, major_minor(r.torch or ""),
-            major_minor(r.transformers or ""))
+            major_minor(r.transformers or ""), r.protocol, r.decoding)
 
 
 def mixes_numerics(a: Condition, b: Condition) -> bool:
@@ -190,7 +190,7 @@ def _numerics_short(r: CellResult) -> str:
     if not r.eval_dtype:
         return "–"
     train = f"train {r.train_dtype}, " if r.train_dtype else ""
-    return f"{train}eval {r.eval_dtype} {r.device}/{r.engine}"
+    return f"{train}eval {r.eval_dtype} {r.device}/{r.engine}, {r.protocol}/{r.decoding}"
 
 
 def _conditions(study_dir: Path, rows: list[CellResult]) -> list[Condition]:
@@ -511,13 +511,15 @@ def _numerics_note(doc: Doc, rows: list[CellResult]) -> None:
     kinds = sorted({_numerics_key(r) for r in done}, key=str)
     if not kinds:
         return
-    made = sorted({r.numerics for r in done if r.numerics} | {f"training {r.train_numerics}" for r in done if r.train_numerics})
+    made = sorted({r.numerics for r in done if r.numerics} | {f"training {r.train_numerics}" for r in done if r.train_numerics}
+                  | {f"protocol {r.protocol}, decoding {r.decoding}" for r in done})
     if len({k[1:] for k in kinds}) == 1 and len({k[0] for k in kinds if k[0]}) <= 1:
         doc.p("Numerics: every number above was made with " + "; ".join(f"`{m}`" for m in made)
-              + " (dtype/device/engine, versions). Other numerics give other answers (docs/numerics.md).")
+              + " (dtype/device/engine, versions; how answers were generated and read). Other numerics give other "
+              "answers (docs/numerics.md); the paper's protocol reads only 'The answer is X' (cotdistill/protocol.py).")
         return
     doc.p(f"⚠ **Mixed numerics**: these cells were computed under {len(kinds)} different precisions, devices, "
-          "engines or library versions (" + "; ".join(f"`{m}`" for m in made) + "). Accuracy differences between "
+          "engines, library versions or grading protocols (" + "; ".join(f"`{m}`" for m in made) + "). Accuracy differences between "
           "them may come from the numerics rather than the supervision; paired tests that mix them are marked "
           "⚠ mixed numerics.")
 

@@ -69,6 +69,8 @@ class CellResult(BaseModel):
     train_tokens_per_s: float | None = None
     eval_tokens_per_s: float | None = None
     final_loss: float | None = None
+    protocol: str = Field("lenient", description="How answers were read: lenient or paper (cotdistill.protocol).")
+    decoding: str = Field("greedy", description="How the answers were generated: greedy or paper (beam search).")
     numerics: str | None = Field(None, description="What made the accuracy: eval dtype/device/engine and full versions.")
     train_numerics: str | None = Field(None, description="What trained the model (None: zero-shot).")
     eval_dtype: str | None = None
@@ -83,7 +85,7 @@ class CellResult(BaseModel):
 CSV_COLUMNS = [
     "cell", "status", "dataset", "student", "teacher", "level", "format", "supervision", "seed",
     "train_examples", "accuracy", "ci_low", "ci_high", "n", "correct", "mean_output_tokens", "stopped_share",
-    "train_seconds", "eval_seconds", "train_tokens_per_s", "eval_tokens_per_s", "final_loss",
+    "train_seconds", "eval_seconds", "train_tokens_per_s", "eval_tokens_per_s", "final_loss", "protocol", "decoding",
     "eval_dtype", "train_dtype", "device", "engine", "torch", "transformers", "numerics", "error",
 ]  # fmt: skip
 

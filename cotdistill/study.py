@@ -67,6 +67,7 @@ def cell_result(cell: Cell, plan: Plan, study_dir: Path) -> CellResult:
         supervision=refs.display_name(sup.name) if sup.kind == "path" else sup.name, supervision_kind=sup.kind,
         supervision_source=source, supervision_sha256=sup.sha256, seed=cell.seed,
         train_limit=(cell.train or {}).get("limit"), train_examples=0 if sup.kind == "none" else None,
+        protocol=cell.eval_resolved.get("protocol", "lenient"), decoding=cell.eval_resolved.get("decoding", "greedy"),
     )
     base.update(_numerics_columns(ejob, study_dir, plan))
     done = done_record(study_dir, ejob)

@@ -283,6 +283,8 @@ class HFEngine:
     def load(cls, model: str, *, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False,
              batch_size: int = 64, batching: str = "auto") -> HFEngine:
         """Load a student spec (alias, folder, HF id, .gguf) as `students.load_student` does."""
+        # generation's rule for "auto" (fp32 on a CPU, docs/numerics.md): evaluate, serve and the hf: teacher alike
+        dtype = students.resolve_dtype(dtype, students.resolve_device(device), evaluation=True)
         m, tok = students.load_student(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         return cls(m, tok, batch_size=batch_size, batching=batching)
 
