@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cotdistill import refs
+from cotdistill.errors import CotdistillError
 from cotdistill.plan.cells import Cell, expand_cells, short_name
 from cotdistill.plan.jobs import Plan, build_plan, done_record, error_record, eval_name, job_dir
 from cotdistill.plan.spec import ExecutorSettings, StudyConfig, executor_settings, load_study
@@ -93,6 +94,32 @@ def collect_results(plan: Plan, study_dir: Path) -> list[CellResult]:
 # ---------------------------------------------------------------------------- the study folder
 
 
+def study_name(cfg: StudyConfig) -> str:
+    """What makes a study folder this study's: its name, else its file's name."""
+    return cfg.name or (Path(cfg._display).stem if cfg._display else "study")
+
+
+def check_study_dir(cfg: StudyConfig, study_dir: Path) -> None:
+    """`study_dir` is new, empty, or this study's own folder; never another study's or the user's
+    files (a study writes many files into it and a report over it)."""
+    from cotdistill.checks import check_out_dir
+
+    check_out_dir(study_dir)
+    if not study_dir.is_dir() or not any(study_dir.iterdir()):
+        return
+    marker = study_dir / "study.provenance.json"
+    if not marker.is_file():
+        raise CotdistillError(f"--out {study_dir} holds files not made by cotdistill study; choose another folder")
+    try:
+        prov = json.loads(marker.read_text(encoding="utf-8"))
+        theirs = prov.get("study_name") or prov["config"].get("name") or Path(prov.get("source") or "study").stem
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise CotdistillError(f"{marker}: unreadable study provenance; choose another --out") from None
+    if theirs != study_name(cfg):
+        raise CotdistillError(f"--out {study_dir} holds a different study ({theirs!r}, this one is "
+                              f"{study_name(cfg)!r}); choose another folder")
+
+
 def init_study_dir(cfg: StudyConfig, plan: Plan, study_dir: Path, data_dir: Path | None) -> list[CellResult]:
     """Write the study file, its provenance (every resolved cell and job), each job's job.json
     and the results as they stand."""
@@ -100,7 +127,8 @@ def init_study_dir(cfg: StudyConfig, plan: Plan, study_dir: Path, data_dir: Path
     if cfg._text:
         atomic_write_text(study_dir / "study.yaml", cfg._text)
     write_provenance(
-        study_dir / "study.provenance.json", cfg, source=str(cfg._source) if cfg._source else None,
+        study_dir / "study.provenance.json", cfg, study_name=study_name(cfg),
+        source=str(cfg._source) if cfg._source else None,
         data_dir=str(data_dir) if data_dir else None,
         cells=[{"slug": c.slug, "key": c.key(), "label": c.label(), **c.model_dump(mode="json")} for c in plan.cells],
         jobs=[{"name": j.name, "kind": j.kind, "key": j.key, "deps": j.deps} for j in plan.jobs.values()],
@@ -171,6 +199,7 @@ def run_study(
     data_dir = resolve_data_dir(data_dir)
     plan = plan_study(cfg, data_dir, cells)
     study_dir = Path(out)
+    check_study_dir(cfg, study_dir)
     settings = executor or executor_settings(cfg)
     runner = make_executor(settings)
     view = view or PlainView()

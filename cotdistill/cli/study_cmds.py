@@ -23,6 +23,7 @@ def study_cmd(
     max_parallel: Annotated[Optional[int], typer.Option(help="Jobs running at once (subprocess, ray).")] = None,
     max_retries: Annotated[Optional[int], typer.Option(help="Re-runs of a job whose worker died.")] = None,
     plain: Annotated[bool, typer.Option("--plain", help="One line per event instead of the live view.")] = False,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the hub where the study file asks for it (trust_remote_code: true).")] = False,
 ) -> None:
     """Run every job of a study (teach -> train -> eval) on an executor, then write results.csv and
     the report. Re-running skips finished jobs and resumes a half-trained one."""
@@ -32,6 +33,7 @@ def study_cmd(
     from cotdistill.view import LiveView, PlainView
 
     cfg = study.load_study(file)
+    cfg._trust_remote_code = trust_remote_code
     settings = executor_settings(cfg, name=executor, ray_address=ray_address, max_parallel=max_parallel,
                                  max_retries=max_retries)
     jobs = study.plan_study(cfg, data_dir)  # every check happens here, before any job runs
