@@ -22,6 +22,15 @@ from cotdistill.errors import CotdistillError
 DEFAULT_CACHE_DIR = Path("~/.cache/cotdistill")
 CACHE_FILE = "teach.sqlite"
 
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    key TEXT PRIMARY KEY,
+    request TEXT NOT NULL,
+    response TEXT NOT NULL,
+    created REAL NOT NULL
+)
+"""
+
 
 def cache_dir() -> Path:
     """The folder of everything cotdistill caches: $COTDISTILL_CACHE, else ~/.cache/cotdistill.

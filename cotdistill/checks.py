@@ -21,17 +21,17 @@ def _nearest_existing(path: Path) -> Path:
     return p
 
 
-def _check_can_create_in(path: Path, option: str) -> None:
+def _check_can_create_in(path: Path, option: str, shown: Path) -> None:
     """`path` (not existing yet, or a folder) can get new files: its nearest existing ancestor is a
     writable folder. Tried for real (a temporary file made and removed): permission bits lie to root."""
     base = _nearest_existing(path)
     if not base.is_dir():
-        raise CotdistillError(f"{option} {path}: {base} is a file, not a folder")
+        raise CotdistillError(f"{option} {shown}: {base} is a file, not a folder")
     try:
         with tempfile.TemporaryFile(dir=base):
             pass
     except OSError as e:
-        raise CotdistillError(f"{option} {path}: cannot write in {base} ({e.strerror or e})") from None
+        raise CotdistillError(f"{option} {shown}: cannot write in {base} ({e.strerror or e})") from None
 
 
 def check_out_file(path: Path, option: str = "--out") -> Path:
@@ -39,7 +39,7 @@ def check_out_file(path: Path, option: str = "--out") -> Path:
     path = Path(path)
     if path.is_dir():
         raise CotdistillError(f"{option} {path} is a folder; expected a file name")
-    _check_can_create_in(path.parent if path.parent.exists() else path, option)
+    _check_can_create_in(path.parent if path.parent.exists() else path, option, path)
     return path
 
 
@@ -48,7 +48,7 @@ def check_out_dir(path: Path, option: str = "--out") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise CotdistillError(f"{option} {path} is a file; expected a folder")
-    _check_can_create_in(path, option)
+    _check_can_create_in(path, option, path)
     return path
 
 

@@ -68,13 +68,15 @@ class CellResult(BaseModel):
     train_tokens_per_s: float | None = None
     eval_tokens_per_s: float | None = None
     final_loss: float | None = None
+    teach_failed: int | None = Field(None, description="Teacher requests that failed after all retries (allow_partial): "
+                                                        "questions missing from the supervision.")
     error: str | None = None
 
 
 CSV_COLUMNS = [
     "cell", "status", "dataset", "student", "teacher", "level", "format", "supervision", "seed",
     "train_examples", "accuracy", "ci_low", "ci_high", "n", "correct", "mean_output_tokens", "stopped_share",
-    "train_seconds", "eval_seconds", "train_tokens_per_s", "eval_tokens_per_s", "final_loss", "error",
+    "train_seconds", "eval_seconds", "train_tokens_per_s", "eval_tokens_per_s", "final_loss", "teach_failed", "error",
 ]  # fmt: skip
 
 

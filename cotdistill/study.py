@@ -74,6 +74,9 @@ def cell_result(cell: Cell, plan: Plan, study_dir: Path) -> CellResult:
     if sup.kind != "none":
         tjob = next(plan.jobs[n] for n in ejob.deps if plan.jobs[n].kind == "train")
         t = (done_record(study_dir, tjob) or {}).get("result") or {}
+    if sup.kind == "teacher":  # allow_partial: how many of the teacher's requests are missing
+        teach = next(plan.jobs[n] for n in plan.chain(ejob.name) if plan.jobs[n].kind == "teach")
+        base["teach_failed"] = ((done_record(study_dir, teach) or {}).get("result") or {}).get("failed")
     return CellResult(
         status="done", accuracy=s.get("accuracy"), ci_low=s.get("ci_low"), ci_high=s.get("ci_high"), n=s.get("n"),
         correct=s.get("correct"), mean_output_tokens=s.get("mean_output_tokens"), stopped_share=s.get("stopped_share"),

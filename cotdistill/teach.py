@@ -72,6 +72,8 @@ class TeachConfig(BaseModel):
     api_key: SecretStr | None = Field(default=None, exclude=True, description="API key (default $OPENAI_API_KEY); never written")
     data_dir: Path | None = Field(default=None, description="data directory")
     progress: bool = Field(default=True, description="show a progress bar on stderr")
+    allow_partial: bool = Field(default=False, description="in a study: a run whose requests failed after all retries "
+                                "still counts as done; the shortfall is recorded in results and report (default: the cell fails)")
 
 
 def make_config(**kwargs: Any) -> TeachConfig:

@@ -28,7 +28,8 @@ def resolve_data_dir(data_dir: Path | str | None = None) -> Path:
     if data_dir is not None:
         d = Path(data_dir).expanduser()
         if not d.is_dir():
-            raise CotdistillError(f"data directory {d} does not exist (from --data-dir or $COTDISTILL_DATA)")
+            what = "is a file, not a folder" if d.exists() else "does not exist"
+            raise CotdistillError(f"data directory {d} {what} (from --data-dir or $COTDISTILL_DATA)")
         return d
     for d in (Path.cwd() / DEFAULT_DATA_DIR, _REPO / DEFAULT_DATA_DIR):
         if d.is_dir():

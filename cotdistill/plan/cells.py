@@ -169,7 +169,7 @@ _NEVER_IDENTITY = ("out", "resume", "overwrite", "quiet", "data_dir")
 _ALWAYS_IDENTITY = ("limit",)
 _TEACH_STUDY = ("progress",)
 _TEACH_OPERATIONAL = ("progress", "cache", "concurrency", "rpm", "timeout", "retries", "backoff", "max_backoff",
-                      "stop_after_failures", "batch_size", "price_in", "price_out")
+                      "stop_after_failures", "batch_size", "price_in", "price_out", "allow_partial")
 
 
 def check_student(cfg: StudyConfig, spec: str, loc: tuple, data_dir: Path | None = None) -> str:

@@ -337,4 +337,5 @@ def executor_settings(cfg: StudyConfig, **overrides: Any) -> ExecutorSettings:
         return ExecutorSettings(**{**base.model_dump(), **given})
     except ValidationError as e:
         err = e.errors()[0]
-        raise CotdistillError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg'].removeprefix('Value error, ')}") from None
+        flag = {"name": "executor"}.get(str(err["loc"][0]), str(err["loc"][0]))
+        raise CotdistillError(f"--{flag.replace('_', '-')}: {err['msg'].removeprefix('Value error, ')}") from None
