@@ -461,16 +461,12 @@ def run_hf(jobs: list[Job], teacher: Teacher, cfg: TeachConfig, cache: ResponseC
 
             def record(i: int, c: Completion, group: list[Job] = group) -> None:
                 job = group[i]
-                bar.update(1)
-                counts.requests_sent += 1
-                if not c.text.strip():  # nothing to grade; never cached, so a re-run asks again
-                    job.error = "empty completion"
-                    counts.failed += 1
-                    return
                 usage = {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens}
                 job.response = {"content": c.text, "finish_reason": c.finish_reason, "usage": usage}
                 cache.put(job.key, job.request, job.response)
+                counts.requests_sent += 1
                 counts.answered += 1
+                bar.update(1)
 
             engine.generate([Request(j.messages) for j in group], max_new_tokens=cfg.max_tokens,
                             temperature=cfg.temperature, top_p=cfg.top_p,
@@ -576,7 +572,8 @@ def _ask(jobs: list[Job], teacher: Teacher, cfg: TeachConfig, cache: ResponseCac
     missing = []
     for job in jobs:
         hit = cache.get(job.key)
-        if hit is not None and str(hit.get("content") or "").strip():  # an empty answer is asked again
+        # an empty answer from a server is asked again (a local model's is kept: greedy would repeat it)
+        if hit is not None and (teacher.kind == "hf" or str(hit.get("content") or "").strip()):
             job.response, job.cached = hit, True
             counts.cached += 1
         else:

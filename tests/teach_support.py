@@ -49,7 +49,7 @@ def start_served_tiny() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="cotdistill-served-"))
     atexit.register(shutil.rmtree, root, True)
-    model = make_tiny_student(root / "student", chat_template=True)
+    model = talkative(make_tiny_student(root / "student", chat_template=True))
     # One torch thread: on a small shared CPU box the default oversubscribes and is ~10x slower.
     proc = subprocess.Popen(
         [CLI, "serve", "--model", str(model), "--port", "0", "--name", SERVED_NAME, "--quiet", "--max-tokens", "16"],
@@ -57,6 +57,22 @@ def start_served_tiny() -> None:
     )
     atexit.register(proc.kill)  # runs before the rmtree above (atexit is last-in, first-out)
     _server["proc"] = proc
+
+
+def talkative(model_dir: Path) -> Path:
+    """Make a tiny random student answer with visible text: its tied embedding rows of special and
+    whitespace-only tokens are zeroed, so greedy decoding never picks them (otherwise it repeats
+    the prompt's last token, a newline or <|im_start|>, and every answer is empty, which the
+    teacher rightly treats as a fault)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tok = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    blank = [i for i in range(len(tok)) if i in tok.all_special_ids or not tok.decode([i]).strip()]
+    with torch.no_grad():
+        model.get_input_embeddings().weight[blank] = 0
+    model.save_pretrained(model_dir)
+    return model_dir
 
 
 def served_tiny() -> str:
