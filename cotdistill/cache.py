@@ -19,7 +19,8 @@ from typing import Any
 
 from cotdistill.errors import CotdistillError
 
-DEFAULT_CACHE = Path("~/.cache/cotdistill/teach.sqlite")
+DEFAULT_CACHE_DIR = Path("~/.cache/cotdistill")
+CACHE_FILE = "teach.sqlite"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -31,10 +32,17 @@ CREATE TABLE IF NOT EXISTS responses (
 """
 
 
+def cache_dir() -> Path:
+    """The folder of everything cotdistill caches: $COTDISTILL_CACHE, else ~/.cache/cotdistill.
+    One meaning everywhere: the teacher cache is a file inside it, converted models a sub-folder."""
+    from cotdistill.checks import env_folder
+
+    return env_folder("COTDISTILL_CACHE", DEFAULT_CACHE_DIR)
+
+
 def default_cache_path() -> Path:
-    """$COTDISTILL_CACHE, else ~/.cache/cotdistill/teach.sqlite (shared by all runs of a user)."""
-    env = os.environ.get("COTDISTILL_CACHE")
-    return Path(env).expanduser() if env else DEFAULT_CACHE.expanduser()
+    """The teacher cache: teach.sqlite in cache_dir() (shared by all runs of a user)."""
+    return cache_dir() / CACHE_FILE
 
 
 def canonical_json(obj: Any) -> str:

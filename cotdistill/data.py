@@ -522,9 +522,11 @@ def fetch(to: Path, base_url: str | None = None, only: list[str] | None = None, 
     but reported as unverified."""
     import fnmatch
 
+    from cotdistill.checks import check_out_dir, check_url
+
     manifest = load_manifest()
-    base = (base_url or manifest["base_url"]).rstrip("/")
-    to = Path(to)
+    base = check_url(base_url, "--base-url").rstrip("/") if base_url is not None else manifest["base_url"].rstrip("/")
+    to = check_out_dir(Path(to), "--to")
     result = FetchResult()
     entries = [e for e in manifest["files"] if not only or any(fnmatch.fnmatchcase(e["path"], g) for g in only)]
     if not entries:

@@ -182,9 +182,9 @@ def _read_predictions(path: Path) -> list[dict]:
 
 
 def _prepare_out(cfg: EvalConfig) -> tuple[str, list[dict]]:
-    out = cfg.out
-    if out.exists() and not out.is_dir():
-        raise CotdistillError(f"--out {out} is a file, not a folder")
+    from cotdistill.checks import check_out_dir
+
+    out = check_out_dir(cfg.out)
     run = None
     if (out / "eval_run.json").is_file():
         try:
@@ -214,6 +214,18 @@ def _check_model_folder(spec: str) -> None:
         raise CotdistillError(f"--model {spec} is an unfinished training run (no final model yet); finish it with `cotdistill train ... --resume`")
 
 
+def _check_model(cfg: EvalConfig) -> None:
+    """A local model is whole, and --max-new-tokens fits its context window (a huge value would
+    otherwise try to allocate a cache of that many positions)."""
+    from cotdistill import students
+
+    students.check_student(cfg.model)
+    window = students.model_context_window(cfg.model)
+    if window is not None and cfg.max_new_tokens >= window:
+        raise CotdistillError(f"--max-new-tokens {cfg.max_new_tokens} does not fit the context window of "
+                              f"{cfg.model} ({window} tokens, the prompt included); use at most {window - 1}")
+
+
 # ----------------------------------------------------------------------------- main entry
 
 
@@ -226,6 +238,7 @@ def evaluate(cfg: EvalConfig, progress: ProgressFn | None = None) -> EvalSummary
         raise CotdistillError(f"benchmark {cfg.dataset}/{cfg.split} has no questions")
     if cfg.engine == "hf":
         _check_model_folder(cfg.model)
+        _check_model(cfg)
         # the resolved precision is part of the evaluation's identity: a folder evaluated in bf16 never resumes in fp32
         cfg = cfg.model_copy(update={"dtype": students.resolve_dtype(cfg.dtype, students.resolve_device(cfg.device),
                                                                      evaluation=True)})

@@ -667,6 +667,7 @@ def grade_file(path, out=None, data_dir=None, protocol: str = "lenient") -> Grad
     from pathlib import Path
 
     from cotdistill.benchmarks._files import iter_json_lines
+    from cotdistill.checks import check_out_file
     from cotdistill.provenance import atomic_write_text, write_provenance
 
     check_protocol(protocol)
@@ -676,6 +677,7 @@ def grade_file(path, out=None, data_dir=None, protocol: str = "lenient") -> Grad
     out = Path(out) if out is not None else path.with_name(path.name.removesuffix(".jsonl") + ".graded.jsonl")
     if out.resolve() == path.resolve():
         raise CotdistillError(f"--out {out} would overwrite the input file")
+    check_out_file(out)
     golds: dict[str, dict] = {}
     lines, n, correct, no_answer = [], 0, 0, 0
     try:

@@ -32,15 +32,24 @@ def _umask() -> int:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temp file + rename so a crash never leaves a half-written file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # a user's path that cannot hold a file: one line, not a traceback
+        from cotdistill.errors import CotdistillError
+
+        raise CotdistillError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            from cotdistill.errors import CotdistillError
+
+            raise CotdistillError(f"cannot write {path}: {e.strerror or e}") from None
         raise
 
 

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import re
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any
 
 from cotdistill import metrics, refs
 from cotdistill.numerics import major_minor
+from cotdistill.errors import CotdistillError
 from cotdistill.provenance import atomic_write_text, write_provenance
 from cotdistill.results import CellResult, read_results
 
@@ -33,8 +35,18 @@ ALPHA = 0.05
 
 
 def _study_meta(study_dir: Path) -> dict:
+    from cotdistill.benchmarks._files import read_text
+
     path = study_dir / "study.provenance.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(read_text(path))
+    except ValueError as e:
+        raise CotdistillError(f"{path}: not valid JSON ({e}); re-run the study to rewrite it") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config", {}), dict):
+        raise CotdistillError(f"{path}: expected a JSON object with a 'config' object; re-run the study to rewrite it")
+    return meta
 
 
 def _predictions(study_dir: Path, slug: str, seed: Any) -> dict[tuple, bool]:
@@ -42,10 +54,12 @@ def _predictions(study_dir: Path, slug: str, seed: Any) -> dict[tuple, bool]:
     path = study_dir / "cells" / slug / "eval" / "predictions.jsonl"
     out: dict[tuple, bool] = {}
     if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                r = json.loads(line)
-                out[(str(seed), str(r["id"]))] = bool(r["correct"])
+        from cotdistill.benchmarks._files import iter_json_lines, read_text
+
+        for lineno, r in iter_json_lines(read_text(path), str(path)):
+            if "id" not in r or "correct" not in r:
+                raise CotdistillError(f"{path}:{lineno}: lacks field 'id' or 'correct'; re-run the study to rewrite it")
+            out[(str(seed), str(r["id"]))] = bool(r["correct"])
     return out
 
 
@@ -263,6 +277,8 @@ def _plt():
 
 
 def _save(fig: Any, path: Path) -> Path:
+    # Figure names hold names from results.jsonl: keep them one plain file name inside figures/.
+    path = path.parent / re.sub(r"[^A-Za-z0-9_.=-]+", "_", path.name).lstrip(".")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
@@ -522,6 +538,11 @@ def _numerics_note(doc: Doc, rows: list[CellResult]) -> None:
           "engines, library versions or grading protocols (" + "; ".join(f"`{m}`" for m in made) + "). Accuracy differences between "
           "them may come from the numerics rather than the supervision; paired tests that mix them are marked "
           "⚠ mixed numerics.")
+    short = [r for r in rows if r.teach_failed]
+    if short:  # allow_partial: trained on fewer questions than asked for; say so next to the numbers
+        doc.p("**Partial supervision** (allow_partial): the teacher could not answer every request for "
+              + "; ".join(f"{r.label} ({r.teach_failed} missing)" for r in short)
+              + ". These cells trained on fewer questions than the others.")
 
 
 def _granularity_section(doc: Doc, dataset: str, conds: list[Condition], fig_dir: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,6 +80,8 @@ class CellResult(BaseModel):
     engine: str | None = None
     torch: str | None = Field(None, description="Full torch version that evaluated it.")
     transformers: str | None = Field(None, description="Full transformers version that evaluated it.")
+    teach_failed: int | None = Field(None, description="Teacher requests that failed after all retries (allow_partial): "
+                                                        "questions missing from the supervision.")
     error: str | None = None
 
 
@@ -86,7 +89,7 @@ CSV_COLUMNS = [
     "cell", "status", "dataset", "student", "teacher", "level", "format", "supervision", "seed",
     "train_examples", "accuracy", "ci_low", "ci_high", "n", "correct", "mean_output_tokens", "stopped_share",
     "train_seconds", "eval_seconds", "train_tokens_per_s", "eval_tokens_per_s", "final_loss", "protocol", "decoding",
-    "eval_dtype", "train_dtype", "device", "engine", "torch", "transformers", "numerics", "error",
+    "eval_dtype", "train_dtype", "device", "engine", "torch", "transformers", "numerics", "teach_failed", "error",
 ]  # fmt: skip
 
 
@@ -105,11 +108,33 @@ def write_results(study_dir: Path, records: list[CellResult]) -> Path:
 
 
 def read_results(study_dir: Path) -> list[CellResult]:
+    """The cell records; a damaged or hand-edited file is one error naming its line and field."""
+    from pydantic import ValidationError
+
+    from cotdistill.benchmarks._files import read_text
+
     path = Path(study_dir) / "results.jsonl"
     if not path.is_file():
         raise CotdistillError(f"{study_dir} is not a study folder (no results.jsonl); run `cotdistill study` first")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [CellResult.model_validate_json(line) for line in lines if line.strip()]
+    records = []
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = CellResult.model_validate_json(line)
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = ".".join(str(x) for x in err["loc"]) or "record"
+            raise CotdistillError(f"{path}:{lineno}: {field}: {err['msg']}; re-run the study to rewrite it") from None
+        for name in ("cell", "dataset", "student"):  # they name files and folders: no path may hide in them
+            if not _SAFE_NAME.fullmatch(getattr(r, name)):
+                raise CotdistillError(f"{path}:{lineno}: {name}: {getattr(r, name)!r} is not a plain name "
+                                      "(letters, digits, . _ = -)")
+        records.append(r)
+    return records
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_=-][A-Za-z0-9_.=-]*")
 
 
 def status_counts(study_dir: Path) -> dict[str, int]:

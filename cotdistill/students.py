@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import warnings
@@ -34,8 +35,10 @@ ALPACA_TEMPLATE = "### Instruction:\n{question}\n\n### Response:\n"
 
 
 def cache_dir() -> Path:
-    """Where de-quantised GGUF students are cached as safetensors ($COTDISTILL_CACHE)."""
-    return Path(os.environ.get("COTDISTILL_CACHE", Path.home() / ".cache" / "cotdistill"))
+    """Where de-quantised GGUF students are cached as safetensors: cotdistill's cache folder."""
+    from cotdistill.cache import cache_dir as folder
+
+    return folder()
 
 
 def _package_dir(package: str) -> Path | None:
@@ -127,6 +130,50 @@ def resolve_student(spec: str | Path) -> str:
     return spec
 
 
+def check_student(spec: str | Path) -> str:
+    """Resolve a student and check what can be checked without loading it: a local folder's
+    config.json parses and its safetensors files are whole. Commands call this before they write
+    anything, so a broken model fails in a second and leaves nothing behind."""
+    where = resolve_student(spec)
+    folder = Path(where)
+    if folder.is_dir():
+        try:
+            json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise CotdistillError(f"student {spec}: config.json is not readable JSON ({e})".splitlines()[0]) from None
+        for weights in sorted(folder.glob("*.safetensors")):
+            _check_safetensors(weights)
+    return where
+
+
+def _check_safetensors(path: Path) -> None:
+    """The file holds its whole header and every tensor the header lists (a copy cut short does not)."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n > min(size - 8, 100 << 20):
+                raise ValueError("header length beyond the end of the file")
+            header = json.loads(f.read(n))
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise CotdistillError(f"{path}: not a valid model.safetensors file ({e}); truncated or corrupt copy?") from None
+    if 8 + n + end > size:
+        raise CotdistillError(f"{path}: truncated ({size} bytes, the header promises {8 + n + end}); copy the model again")
+
+
+def model_context_window(spec: str | Path) -> int | None:
+    """The context window from a local model's config.json, without loading the weights (None: unknown)."""
+    folder = Path(resolve_student(spec))
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    cfg = cfg.get("text_config", cfg) if isinstance(cfg, dict) else {}
+    n = cfg.get("max_position_embeddings")
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
 # ----------------------------------------------------------------------------- loading
 
 
@@ -195,8 +242,8 @@ def load_student(spec: str | Path, *, dtype: str | None = None, device: str | No
             model = AutoModelForCausalLM.from_pretrained(
                 where, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
             )
-    except (OSError, ValueError) as e:
-        raise CotdistillError(f"cannot load student {spec!r}: {e}".splitlines()[0]) from e
+    except Exception as e:  # noqa: BLE001  (a broken model folder is bad input; safetensors has its own error type)
+        raise CotdistillError(f"cannot load student {spec!r}: {type(e).__name__}: {e}".splitlines()[0]) from e
     _fix_generation_config(model, tok)
     return model.to(device), tok
 

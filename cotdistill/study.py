@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from cotdistill import refs
 from cotdistill.numerics import SHORT, settle, write_record
+from cotdistill.errors import CotdistillError
 from cotdistill.plan.cells import Cell, expand_cells, short_name
 from cotdistill.plan.jobs import Plan, build_plan, done_record, error_record, eval_name, job_dir
 from cotdistill.plan.spec import ExecutorSettings, StudyConfig, executor_settings, load_study
@@ -82,6 +83,9 @@ def cell_result(cell: Cell, plan: Plan, study_dir: Path) -> CellResult:
     if sup.kind != "none":
         tjob = next(plan.jobs[n] for n in ejob.deps if plan.jobs[n].kind == "train")
         t = (done_record(study_dir, tjob) or {}).get("result") or {}
+    if sup.kind == "teacher":  # allow_partial: how many of the teacher's requests are missing
+        teach = next(plan.jobs[n] for n in plan.chain(ejob.name) if plan.jobs[n].kind == "teach")
+        base["teach_failed"] = ((done_record(study_dir, teach) or {}).get("result") or {}).get("failed")
     return CellResult(
         status="done", accuracy=s.get("accuracy"), ci_low=s.get("ci_low"), ci_high=s.get("ci_high"), n=s.get("n"),
         correct=s.get("correct"), mean_output_tokens=s.get("mean_output_tokens"), stopped_share=s.get("stopped_share"),
@@ -119,6 +123,32 @@ def collect_results(plan: Plan, study_dir: Path) -> list[CellResult]:
 # ---------------------------------------------------------------------------- the study folder
 
 
+def study_name(cfg: StudyConfig) -> str:
+    """What makes a study folder this study's: its name, else its file's name."""
+    return cfg.name or (Path(cfg._display).stem if cfg._display else "study")
+
+
+def check_study_dir(cfg: StudyConfig, study_dir: Path) -> None:
+    """`study_dir` is new, empty, or this study's own folder; never another study's or the user's
+    files (a study writes many files into it and a report over it)."""
+    from cotdistill.checks import check_out_dir
+
+    check_out_dir(study_dir)
+    if not study_dir.is_dir() or not any(study_dir.iterdir()):
+        return
+    marker = study_dir / "study.provenance.json"
+    if not marker.is_file():
+        raise CotdistillError(f"--out {study_dir} holds files not made by cotdistill study; choose another folder")
+    try:
+        prov = json.loads(marker.read_text(encoding="utf-8"))
+        theirs = prov.get("study_name") or prov["config"].get("name") or Path(prov.get("source") or "study").stem
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise CotdistillError(f"{marker}: unreadable study provenance; choose another --out") from None
+    if theirs != study_name(cfg):
+        raise CotdistillError(f"--out {study_dir} holds a different study ({theirs!r}, this one is "
+                              f"{study_name(cfg)!r}); choose another folder")
+
+
 def init_study_dir(cfg: StudyConfig, plan: Plan, study_dir: Path, data_dir: Path | None) -> list[CellResult]:
     """Write the study file, its provenance (every resolved cell and job), each job's job.json
     and the results as they stand."""
@@ -128,7 +158,8 @@ def init_study_dir(cfg: StudyConfig, plan: Plan, study_dir: Path, data_dir: Path
     if cfg._text:
         atomic_write_text(study_dir / "study.yaml", cfg._text)
     write_provenance(
-        study_dir / "study.provenance.json", cfg, source=str(cfg._source) if cfg._source else None,
+        study_dir / "study.provenance.json", cfg, study_name=study_name(cfg),
+        source=str(cfg._source) if cfg._source else None,
         data_dir=str(data_dir) if data_dir else None,
         cells=[{"slug": c.slug, "key": c.key(), "label": c.label(), **c.model_dump(mode="json")} for c in plan.cells],
         jobs=[{"name": j.name, "kind": j.kind, "key": j.key, "deps": j.deps} for j in plan.jobs.values()],
@@ -199,6 +230,7 @@ def run_study(
 
     data_dir = resolve_data_dir(data_dir)
     study_dir = Path(out)
+    check_study_dir(cfg, study_dir)
     plan = plan_study(cfg, data_dir, cells, study_dir, numerics)
     settings = executor or executor_settings(cfg)
     runner = make_executor(settings)

@@ -29,7 +29,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from cotdistill.benchmarks import DATASETS
-from cotdistill.benchmarks._files import iter_json_lines
+from cotdistill.benchmarks._files import iter_json_lines, read_text
+from cotdistill.checks import check_out_file, check_url, url_secrets
 from cotdistill.cache import ResponseCache, canonical_json, default_cache_path, request_key
 from cotdistill.errors import CotdistillError
 from cotdistill.prompts import TeacherPrompt, check_level_format, teacher_prompt
@@ -66,11 +67,13 @@ class TeachConfig(BaseModel):
     batch_size: int = Field(default=8, ge=1, description="questions per generate() batch (hf:)")
     price_in: float | None = Field(default=None, ge=0, description="price per 1M prompt tokens, for cost accounting")
     price_out: float | None = Field(default=None, ge=0, description="price per 1M completion tokens")
-    cache: Path | None = Field(default=None, description="SQLite cache (default $COTDISTILL_CACHE or ~/.cache/cotdistill/teach.sqlite)")
+    cache: Path | None = Field(default=None, description="SQLite cache file (default: teach.sqlite in the folder $COTDISTILL_CACHE, else ~/.cache/cotdistill)")
     base_url: str | None = Field(default=None, description="endpoint (default $OPENAI_BASE_URL, then api.openai.com)")
     api_key: SecretStr | None = Field(default=None, exclude=True, description="API key (default $OPENAI_API_KEY); never written")
     data_dir: Path | None = Field(default=None, description="data directory")
     progress: bool = Field(default=True, description="show a progress bar on stderr")
+    allow_partial: bool = Field(default=False, description="in a study: a run whose requests failed after all retries "
+                                "still counts as done; the shortfall is recorded in results and report (default: the cell fails)")
 
 
 def make_config(**kwargs: Any) -> TeachConfig:
@@ -117,7 +120,7 @@ def _question_file(path: Path, limit: int | None) -> list[Question]:
     if not path.is_file():
         raise CotdistillError(f"question file {path} does not exist")
     out: list[Question] = []
-    for n, row in iter_json_lines(path.read_text(encoding="utf-8"), str(path)):
+    for n, row in iter_json_lines(read_text(path), str(path)):
         if not str(row.get("question") or "").strip():
             raise CotdistillError(f"{path}:{n}: needs a non-empty 'question'")
         gold = row.get("gold", row.get("answer"))
@@ -126,7 +129,12 @@ def _question_file(path: Path, limit: int | None) -> list[Question]:
         kind = row.get("kind")
         if kind not in KINDS:
             raise CotdistillError(f"{path}:{n}: 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
-        out.append(Question(str(row.get("id", f"{path.stem}/{n}")), row["question"], str(gold), kind, row.get("choices")))
+        choices = row.get("choices")
+        if choices is not None and not (isinstance(choices, dict) and all(
+                isinstance(k, str) and isinstance(v, (str, int, float)) for k, v in choices.items())):
+            raise CotdistillError(f"{path}:{n}: 'choices' must be an object {{letter: option text}}, got {choices!r:.60}")
+        choices = {k: str(v) for k, v in choices.items()} if choices else None
+        out.append(Question(str(row.get("id", f"{path.stem}/{n}")), str(row["question"]), str(gold), kind, choices))
         if limit and len(out) >= limit:
             break
     return out
@@ -149,9 +157,8 @@ class Teacher:
 
 
 def _sanitise_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise CotdistillError(f"teacher base URL {url!r} is not an http(s) URL")
+    """The endpoint as recorded and shown: no credentials, no query string."""
+    parts = urlsplit(check_url(url, "--base-url", allow_credentials=True))
     host = parts.hostname + (f":{parts.port}" if parts.port else "")
     return f"{parts.scheme}://{host}{parts.path.rstrip('/')}"
 
@@ -172,8 +179,15 @@ def resolve_teacher(cfg: TeachConfig) -> Teacher:
 
 
 def redact(text: str, secret: str | None) -> str:
-    """`text` with every occurrence of the API key replaced (servers sometimes echo it back)."""
-    return text.replace(secret, "***") if secret else text
+    """`text` with every occurrence of the API key and of any credentials in the base URL replaced
+    (servers sometimes echo them back)."""
+    for s in [secret, *url_secrets(os.environ.get("OPENAI_BASE_URL")), *_URL_SECRETS]:
+        if s:
+            text = text.replace(s, "***")
+    return text
+
+
+_URL_SECRETS: list[str] = []  # credentials of the --base-url in use (teach() fills it)
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -286,6 +300,8 @@ def parse_completion(resp: Any) -> dict[str, Any]:
     choices = getattr(resp, "choices", None)
     if not choices or not isinstance(getattr(choices[0].message, "content", None), str):
         raise ValueError("response has no message content")
+    if not choices[0].message.content.strip():  # retried like a fault (a rejected empty answer would be cached)
+        raise ValueError("empty completion")
     usage = getattr(resp, "usage", None)
     return {
         "content": choices[0].message.content,
@@ -526,14 +542,22 @@ def teach(cfg: TeachConfig) -> TeachResult:
     out = Path(cfg.out)
     if out.suffix != ".jsonl":
         raise CotdistillError(f"--out {out} must end in .jsonl")
+    for path in (out, all_path(out), provenance_path(out)):
+        check_out_file(path)
+        if Path(cfg.dataset).exists() and path.resolve() == Path(cfg.dataset).resolve():
+            raise CotdistillError(f"--out {out} would overwrite the question file {cfg.dataset}")
     teacher = resolve_teacher(cfg)
+    _URL_SECRETS[:] = url_secrets(teacher.base_url)
     questions = load_questions(cfg)
+    cache_path = Path(cfg.cache).expanduser() if cfg.cache else default_cache_path()
+    if cfg.cache:
+        check_out_file(cache_path, "--cache")
     dataset = cfg.dataset if cfg.dataset in DATASETS else None  # a question file: the kind's default dataset
     prompts = {k: teacher_prompt(k, cfg.level, cfg.format, dataset) for k in {q.kind for q in questions}}
     jobs = [make_job(cfg, teacher, prompts[q.kind], q, s) for q in questions for s in range(cfg.samples)]
 
     counts = Counts()
-    with ResponseCache(cfg.cache or default_cache_path()) as cache:
+    with ResponseCache(cache_path) as cache:
         _ask(jobs, teacher, cfg, cache, counts)
         for round_ in range(cfg.reask):
             extra = _reask_jobs(jobs, cfg, teacher, prompts, round_)
@@ -548,7 +572,8 @@ def _ask(jobs: list[Job], teacher: Teacher, cfg: TeachConfig, cache: ResponseCac
     missing = []
     for job in jobs:
         hit = cache.get(job.key)
-        if hit is not None:
+        # an empty answer from a server is asked again (a local model's is kept: greedy would repeat it)
+        if hit is not None and (teacher.kind == "hf" or str(hit.get("content") or "").strip()):
             job.response, job.cached = hit, True
             counts.cached += 1
         else:
@@ -631,7 +656,7 @@ def _write(jobs: list[Job], cfg: TeachConfig, teacher: Teacher, prompts: dict[st
         prompts={k: {"hash": p.hash, "template": p.template, "fields": p.fields} for k, p in prompts.items()},
         counts=counts_out, cost=cost, new_cost=new_cost,
         files={"supervision": out.name, "all_samples": all_path(out).name},
-        cache=str(Path(cfg.cache or default_cache_path()).expanduser()),
+        cache=str(Path(cfg.cache).expanduser() if cfg.cache else default_cache_path()),
     )
     return TeachResult(out, all_path(out), counts, cost, new_cost, failures)
 

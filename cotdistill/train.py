@@ -252,17 +252,23 @@ def _remove_incomplete_checkpoints(ckpt_dir: Path, keep: Path | None) -> None:
 
 
 def prepare_out(cfg: TrainConfig) -> tuple[str, Path | None]:
-    """Decide what to do with the run folder: ("done", None), ("fresh", None) or ("resume", ckpt)."""
-    out = cfg.out
+    """Decide what to do with the run folder: ("done", None), ("fresh", None) or ("resume", ckpt).
+
+    Only a folder this tool made (it holds run.json) is ever removed, and a different run only with
+    --overwrite, unless it never got as far as a checkpoint (a failed first try of a command)."""
+    from cotdistill.checks import check_out_dir
+
+    out = check_out_dir(cfg.out)
     run = _read_json(out / "run.json")
-    if out.exists() and not out.is_dir():
-        raise CotdistillError(f"--out {out} is a file, not a folder")
     occupied = out.is_dir() and any(out.iterdir())
     same = run is not None and run.get("identity") == cfg.identity()
+    if occupied and run is None:
+        raise CotdistillError(f"--out {out} holds files not made by cotdistill train (no run.json); "
+                              "choose another folder (--overwrite replaces only a training run)")
     if occupied and not same:
-        if not cfg.overwrite:
-            what = "a different training run" if run else "files that are not a training run"
-            raise CotdistillError(f"--out {out} already holds {what}; pass --overwrite to replace it or choose another folder")
+        if not cfg.overwrite and _holds_work(out):
+            raise CotdistillError(f"--out {out} already holds a different training run; "
+                                  "pass --overwrite to replace it or choose another folder")
         shutil.rmtree(out)
         occupied = False
     elif occupied and cfg.overwrite and not cfg.resume:
@@ -283,6 +289,11 @@ def prepare_out(cfg: TrainConfig) -> tuple[str, Path | None]:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "run.json", json.dumps({"identity": cfg.identity()}, indent=2) + "\n")
     return "fresh", None
+
+
+def _holds_work(out: Path) -> bool:
+    """A finished model or a complete checkpoint: what replacing a run would lose."""
+    return (out / "provenance.json").is_file() or last_complete_checkpoint(out / "checkpoints") is not None
 
 
 def _check_disk(out: Path, n_params: int) -> None:
@@ -533,6 +544,7 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     dtype = students.resolve_dtype(cfg.dtype, device)
     cfg = cfg.model_copy(update={"dtype": dtype})  # the resolved precision is part of the run's identity
     pairs, source_name = load_pairs(cfg.data, cfg.data_dir, cfg.limit)  # bad data fails before touching out
+    students.check_student(cfg.student)  # and so does a missing or truncated model
     world = int(os.environ.get("WORLD_SIZE", "1"))
     state, ckpt = _prepare_out_on_main(cfg, device, world)
     if state == "done":

@@ -9,7 +9,9 @@ Actions: "pass" (forward), "answer" (a well-formed completion ending "The answer
 "noanswer" (a well-formed completion without an answer sentence), "429" (Retry-After: 1),
 "500", "malformed" (200, application/json, broken body), "drop" (close without a response),
 "stall" (sleep `stall_s`, then close), "html" (200 with an HTML body), "401", "404",
-"400echo" (400 whose message echoes the Authorization header, as some servers do).
+"400echo" (400 whose message echoes the Authorization header, as some servers do), "empty" (a
+well-formed completion whose content is empty). With `upstream=None` the proxy is the whole
+server: it lists SERVED_NAME under /v1/models and answers every unscripted question correctly.
 """
 
 import atexit
@@ -47,7 +49,7 @@ def start_served_tiny() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="cotdistill-served-"))
     atexit.register(shutil.rmtree, root, True)
-    model = make_tiny_student(root / "student", chat_template=True)
+    model = talkative(make_tiny_student(root / "student", chat_template=True))
     # One torch thread: on a small shared CPU box the default oversubscribes and is ~10x slower.
     proc = subprocess.Popen(
         [CLI, "serve", "--model", str(model), "--port", "0", "--name", SERVED_NAME, "--quiet", "--max-tokens", "16"],
@@ -55,6 +57,22 @@ def start_served_tiny() -> None:
     )
     atexit.register(proc.kill)  # runs before the rmtree above (atexit is last-in, first-out)
     _server["proc"] = proc
+
+
+def talkative(model_dir: Path) -> Path:
+    """Make a tiny random student answer with visible text: its tied embedding rows of special and
+    whitespace-only tokens are zeroed, so greedy decoding never picks them (otherwise it repeats
+    the prompt's last token, a newline or <|im_start|>, and every answer is empty, which the
+    teacher rightly treats as a fault)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tok = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    blank = [i for i in range(len(tok)) if i in tok.all_special_ids or not tok.decode([i]).strip()]
+    with torch.no_grad():
+        model.get_input_embeddings().weight[blank] = 0
+    model.save_pretrained(model_dir)
+    return model_dir
 
 
 def served_tiny() -> str:
@@ -107,8 +125,9 @@ def request_id(body: dict) -> str:
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, golds: dict[str, str] | None = None, stall_s: float = 3.0, delay_s: float = 0.0):
-        self.upstream = upstream.rstrip("/")
+    def __init__(self, upstream: str | None, golds: dict[str, str] | None = None, stall_s: float = 3.0,
+                 delay_s: float = 0.0):
+        self.upstream = upstream.rstrip("/") if upstream else None
         self.golds = golds or {}
         self.rules: dict[str, list[str]] = {}
         self.stall_s, self.delay_s = stall_s, delay_s
@@ -143,7 +162,7 @@ class FaultProxy:
                 if part in question:
                     gold = next((g for q, g in self.golds.items() if part in q or q in question), None)
                     return (actions.pop(0) if actions else "pass"), gold
-        return "pass", None
+        return "pass", next((g for q, g in self.golds.items() if q in question), None)
 
     def _handler(proxy):  # noqa: N805  (closure over the proxy)
         class Handler(BaseHTTPRequestHandler):
@@ -171,6 +190,10 @@ class FaultProxy:
                     self._reply(e.code, e.read())
 
             def do_GET(self) -> None:  # noqa: N802
+                if proxy.upstream is None:
+                    models = {"object": "list", "data": [{"id": SERVED_NAME, "object": "model", "owned_by": "test"}]}
+                    self._reply(200, json.dumps(models).encode())
+                    return
                 self._forward("GET", None)
 
             def do_POST(self) -> None:  # noqa: N802
@@ -191,12 +214,12 @@ class FaultProxy:
                         proxy.in_flight -= 1
 
             def _act(self, action: str, gold: str | None, body: dict, raw: bytes) -> None:
-                if action == "pass":
+                if action == "pass" and proxy.upstream is not None:
                     time.sleep(proxy.delay_s)
                     self._forward("POST", raw)
-                elif action in ("answer", "noanswer"):
-                    text = (f"First add the numbers. The answer is {gold}" if action == "answer"
-                            else "I would add the numbers together and then check the sum.")
+                elif action in ("pass", "answer", "noanswer", "empty"):
+                    text = {"noanswer": "I would add the numbers together and then check the sum.",
+                            "empty": ""}.get(action, f"First add the numbers. The answer is {gold}")
                     self._reply(200, json.dumps(_completion(body, text)).encode())
                 elif action == "429":
                     self._reply(429, _err("rate limited", "rate_limit_exceeded"), {"Retry-After": "1"})

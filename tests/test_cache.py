@@ -92,7 +92,12 @@ def test_a_file_that_is_not_a_cache_is_a_one_line_error(tmp_path):
 
 
 def test_default_location_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("COTDISTILL_CACHE", str(tmp_path / "x.sqlite"))
-    assert default_cache_path() == tmp_path / "x.sqlite"
+    """$COTDISTILL_CACHE is a folder (for models too); the teacher cache is a file inside it."""
+    monkeypatch.setenv("COTDISTILL_CACHE", str(tmp_path / "c"))
+    assert default_cache_path() == tmp_path / "c" / "teach.sqlite"
+    (tmp_path / "f").write_text("x")
+    monkeypatch.setenv("COTDISTILL_CACHE", str(tmp_path / "f"))
+    with pytest.raises(CotdistillError, match="COTDISTILL_CACHE .* must name a folder"):
+        default_cache_path()
     monkeypatch.delenv("COTDISTILL_CACHE")
     assert default_cache_path().name == "teach.sqlite" and ".cache" in default_cache_path().parts

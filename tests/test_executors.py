@@ -227,7 +227,7 @@ def test_unknown_executor_names_the_line(tmp_path, tiny_student):
     with pytest.raises(CotdistillError, match=r"^<study>:10: executor: unknown executor 'rya'; did you mean ray"):
         parse_study(text)
     cfg = parse_study(FOUR_CELLS)
-    with pytest.raises(CotdistillError, match=r"^--name: unknown executor 'threads'"):
+    with pytest.raises(CotdistillError, match=r"^--executor: unknown executor 'threads'"):
         executor_settings(cfg, name="threads")
     assert executor_settings(parse_study(FOUR_CELLS + "executor: subprocess\n"), max_parallel=3).max_parallel == 3
 

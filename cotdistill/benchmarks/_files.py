@@ -28,7 +28,8 @@ def resolve_data_dir(data_dir: Path | str | None = None) -> Path:
     if data_dir is not None:
         d = Path(data_dir).expanduser()
         if not d.is_dir():
-            raise CotdistillError(f"data directory {d} does not exist (from --data-dir or $COTDISTILL_DATA)")
+            what = "is a file, not a folder" if d.exists() else "does not exist"
+            raise CotdistillError(f"data directory {d} {what} (from --data-dir or $COTDISTILL_DATA)")
         return d
     for d in (Path.cwd() / DEFAULT_DATA_DIR, _REPO / DEFAULT_DATA_DIR):
         if d.is_dir():
@@ -57,7 +58,8 @@ def require_file(data_dir: Path, rel: str) -> Path:
     return path
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
+    """A data file's text (plain or gzipped); unreadable, corrupt or non-UTF-8 files are one error line."""
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rt", encoding="utf-8") as f:
@@ -100,12 +102,25 @@ def iter_json_lines(text: str, where: str) -> Iterator[tuple[int, dict]]:
             raise CotdistillError(f"{where}:{lineno}: malformed JSON line ({e.msg}, column {e.colno})") from None
         if not isinstance(r, dict):
             raise CotdistillError(f"{where}:{lineno}: expected a JSON object, got {type(r).__name__}")
+        if _SURROGATE_ESCAPE.search(line):
+            _check_unicode(r, f"{where}:{lineno}")
         yield lineno, r
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _check_unicode(obj: object, where: str) -> None:
+    """JSON may escape a lone surrogate ("\\ud800"), which is no character: nothing could write it back."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise CotdistillError(f"{where}: holds a lone surrogate escape (such as \\ud800), not valid Unicode text") from None
 
 
 @lru_cache(maxsize=32)
 def _cached_records(path: str, mtime_ns: int, size: int) -> tuple[dict, ...]:
-    return tuple(parse_records(_read_text(Path(path)), path))
+    return tuple(parse_records(read_text(Path(path)), path))
 
 
 def read_records(path: Path, required: tuple[str, ...] = ()) -> list[dict]:

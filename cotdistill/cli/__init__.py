@@ -19,7 +19,7 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     try:
         # standalone_mode=False hands typer.Exit codes back as the return value.
-        rc = app(standalone_mode=False)
+        rc = app(standalone_mode=False, prog_name="cotdistill")
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except CotdistillError as e:

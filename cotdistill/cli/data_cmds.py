@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from cotdistill.checks import check_out_file
 from cotdistill.cli.app import DataDir, app
 from cotdistill.errors import CotdistillError
 
@@ -57,6 +58,8 @@ def audit_cmd(
 
     if out is not None and out.suffix not in (".csv", ".json"):
         raise CotdistillError(f"--out {out}: expected a .csv or .json file name")
+    if out is not None:
+        check_out_file(out)
     list_sources(dataset)  # bad names and a missing data directory fail before the tokenizer loads
     data_dir = resolve_data_dir(data_dir)
     tok = None
@@ -121,6 +124,8 @@ def compare_cmd(
 
     if json_out is not None and json_out.suffix != ".json":
         raise CotdistillError(f"--json {json_out}: expected a .json file name")
+    if json_out is not None:
+        check_out_file(json_out, "--json")
     r = compare_supervision(a, b, data_dir)
 
     def show(v) -> str | None:

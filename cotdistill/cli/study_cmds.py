@@ -24,6 +24,7 @@ def study_cmd(
     max_retries: Annotated[Optional[int], typer.Option(help="Re-runs of a job whose worker died.")] = None,
     plain: Annotated[bool, typer.Option("--plain", help="One line per event instead of the live view.")] = False,
     numerics: Annotated[str, typer.Option(help="recorded: keep the precision/versions the study folder recorded the first time (numerics.json); here: re-plan under this machine's (jobs re-run).")] = "recorded",
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the hub where the study file asks for it (trust_remote_code: true).")] = False,
 ) -> None:
     """Run every job of a study (teach -> train -> eval) on an executor, then write results.csv and
     the report. Re-running skips finished jobs and resumes a half-trained one."""
@@ -37,6 +38,7 @@ def study_cmd(
     if numerics not in ("recorded", "here"):
         raise unknown_name("--numerics", numerics, ("recorded", "here"))
     cfg = study.load_study(file)
+    cfg._trust_remote_code = trust_remote_code
     settings = executor_settings(cfg, name=executor, ray_address=ray_address, max_parallel=max_parallel,
                                  max_retries=max_retries)
     out = out or Path("runs") / file.stem

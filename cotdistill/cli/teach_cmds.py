@@ -37,7 +37,7 @@ def teach_cmd(
     batch_size: Annotated[int, typer.Option(help="Questions per local generate() batch (hf:).")] = 8,
     price_in: Annotated[Optional[float], typer.Option(help="Price per 1M prompt tokens (cost accounting).")] = None,
     price_out: Annotated[Optional[float], typer.Option(help="Price per 1M completion tokens.")] = None,
-    cache: Annotated[Optional[Path], typer.Option(help="SQLite request cache (default: $COTDISTILL_CACHE, else ~/.cache/cotdistill/teach.sqlite).")] = None,
+    cache: Annotated[Optional[Path], typer.Option(help="SQLite request cache file (default: teach.sqlite in the folder $COTDISTILL_CACHE, else ~/.cache/cotdistill).")] = None,
     base_url: Annotated[Optional[str], typer.Option(envvar="OPENAI_BASE_URL", show_envvar=True, help="OpenAI-compatible endpoint.")] = None,
     api_key: Annotated[Optional[str], typer.Option(help="API key (default: $OPENAI_API_KEY, preferred: flags show in process lists); never printed or written.", show_default=False)] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,

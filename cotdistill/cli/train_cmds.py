@@ -20,23 +20,25 @@ EvalDtype = Annotated[Optional[str], typer.Option("--dtype", help="auto (fp32 on
 
 def build_config(model_cls: type, config_file: Path | None, flags: dict[str, Any]) -> Any:
     """YAML values overlaid by the flags that were given; unknown keys and bad values -> one-line error."""
-    import yaml
     from pydantic import ValidationError
+
+    from cotdistill.plan.spec import read_yaml_file
 
     values: dict[str, Any] = {}
     if config_file is not None:
-        try:
-            loaded = yaml.safe_load(config_file.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise CotdistillError(f"cannot read --config {config_file}: {str(e).splitlines()[0]}") from e
+        loaded = read_yaml_file(config_file, "--config") or {}
         if not isinstance(loaded, dict):
             raise CotdistillError(f"--config {config_file} must hold a mapping of option: value")
-        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+        values.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
+        if values.get("trust_remote_code") and not flags.get("trust_remote_code"):
+            raise CotdistillError(f"--config {config_file}: trust_remote_code: true runs code from the model's "
+                                  "repository; also pass --trust-remote-code to allow it")
     values.update({k: v for k, v in flags.items() if v is not None})
     try:
         return model_cls(**values)
     except ValidationError as e:
-        err = e.errors()[0]
+        # an unknown key first: it is often why a required one seems missing (a typo)
+        err = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")[0]
         where = ".".join(str(x) for x in err["loc"]) or "?"
         source = f" in {config_file}" if config_file else ""
         raise CotdistillError(f"option {where}{source}: {err['msg']}") from None

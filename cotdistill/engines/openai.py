@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
-from urllib.parse import urlsplit
 
 from cotdistill.engines.base import Completion, OnResult, Request, apply_stops
 from cotdistill.errors import CotdistillError
@@ -21,16 +20,9 @@ from cotdistill.errors import CotdistillError
 
 def check_base_url(url: str) -> str:
     """`url` if it is an http(s) URL with a host and no credentials in it (keys go in an environment variable)."""
-    try:
-        parts = urlsplit(url)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
-    except ValueError:  # a bad port or bracketed host
-        ok = False
-    if not ok:
-        raise CotdistillError(f"--base-url {url!r} is not an http(s) URL such as http://127.0.0.1:8000/v1")
-    if parts.username or parts.password:
-        raise CotdistillError("--base-url must not hold credentials; put the key in the variable named by --api-key-env")
-    return url
+    from cotdistill.checks import check_url
+
+    return check_url(url, "--base-url")
 
 
 class OpenAIEngine:

@@ -152,10 +152,17 @@ def _teach(job: TeachJob, study_dir: Path, data_dir: Path | None, progress: Call
     settings.update(dataset=job.dataset, out=str(out), progress=False)
     if data_dir is not None and "data_dir" not in settings:
         settings["data_dir"] = str(data_dir)
-    result = teach.teach(teach.TeachConfig(**settings))  # writes `out` atomically, last
+    cfg = teach.TeachConfig(**settings)
+    result = teach.teach(cfg)  # writes `out` atomically, last
     if not out.is_file():
         raise CotdistillError(f"teacher {teacher} wrote no supervision file at {out}")
-    return {"out": job.out, "summary": result.summary}
+    failed = len(result.failures)
+    if failed and not cfg.allow_partial:
+        # Not done: a re-run asks again for exactly these requests (the answered ones are cached).
+        raise CotdistillError(
+            f"teacher {teacher} could not answer {failed} request(s) after all retries (first: {result.failures[0]}); "
+            "re-run the study to ask again for those, or set allow_partial: true in the teacher's settings")
+    return {"out": job.out, "summary": result.summary, "failed": failed}
 
 
 def _train(job: TrainJob, study_dir: Path, data_dir: Path | None, progress: Callable) -> dict:

@@ -156,6 +156,9 @@ def _resolve_settings(
             msg += f" (known: {', '.join(known)})"
         where = cfg.where(*loc, key) if key in settings else cfg.where(*loc)
         raise CotdistillError(f"{where}: {'.'.join(map(str, loc))}.{key}: {msg}") from None
+    if settings.get("trust_remote_code") and not cfg._trust_remote_code:
+        raise CotdistillError(f"{cfg.where(*loc, 'trust_remote_code')}: {'.'.join(map(str, loc))}.trust_remote_code: "
+                              "runs code from the model's repository; also pass --trust-remote-code to allow it")
     full = obj.model_dump(mode="json")
     dumped = obj.identity() if hasattr(obj, "identity") else full
     # A stage may leave `limit` out of its own identity (evaluate extends a run); a cell's result depends on it.
@@ -171,7 +174,7 @@ _NEVER_IDENTITY = ("out", "resume", "overwrite", "quiet", "data_dir")
 _ALWAYS_IDENTITY = ("limit",)
 _TEACH_STUDY = ("progress",)
 _TEACH_OPERATIONAL = ("progress", "cache", "concurrency", "rpm", "timeout", "retries", "backoff", "max_backoff",
-                      "stop_after_failures", "batch_size", "price_in", "price_out")
+                      "stop_after_failures", "batch_size", "price_in", "price_out", "allow_partial")
 
 
 def check_student(cfg: StudyConfig, spec: str, loc: tuple, data_dir: Path | None = None) -> str:
@@ -247,7 +250,10 @@ def _resolve_supervision(
     entry = str(entry).strip()
     if entry.lower() == NONE:
         return [(None, SupervisionSpec(kind="none", name=NONE, teacher="zero-shot", format="zero-shot"))]
-    names = expand_braces(entry) if "{" in entry else [entry]
+    try:
+        names = expand_braces(entry) if "{" in entry else [entry]
+    except CotdistillError as e:
+        raise CotdistillError(f"{cfg.where(*loc)}: {e}") from None
     out = []
     for name in names:
         path = Path(name).expanduser()

@@ -21,8 +21,68 @@ class _LineLoader(yaml.SafeLoader):
     """SafeLoader that rejects duplicate keys (a silent override is a typo waiting to bite)."""
 
 
+# Limits on what a YAML file may make us build: a settings file is small and flat, so these only
+# stop hostile or broken input (a 400-byte file whose nested aliases expand to a billion items,
+# or brackets nested thousands deep) before it costs memory or a recursion error.
+MAX_YAML_DEPTH = 64  # nested mappings/lists
+MAX_YAML_NODES = 100_000  # values after expanding aliases (*name)
+MAX_BRACE_EXPANSIONS = 10_000  # names one brace pattern may expand to
+
+
+def check_yaml_bounds(text: str, source: str) -> None:
+    """Walk the YAML's parse events (a flat loop, no recursion) and refuse input deeper than
+    MAX_YAML_DEPTH or larger than MAX_YAML_NODES once aliases are expanded."""
+    sizes: dict[str, int] = {}  # anchor -> values it expands to
+    open_: list[tuple[str | None, int]] = []  # (anchor, total before it) of each open collection
+    total = 0
+    try:
+        for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+            line = ev.start_mark.line + 1
+            if isinstance(ev, yaml.AliasEvent):
+                total += sizes.get(ev.anchor, 1)
+            elif isinstance(ev, yaml.ScalarEvent):
+                total += 1
+                if ev.anchor:
+                    sizes[ev.anchor] = 1
+            elif isinstance(ev, yaml.CollectionStartEvent):
+                open_.append((ev.anchor, total))
+                total += 1
+                if len(open_) > MAX_YAML_DEPTH:
+                    raise CotdistillError(f"{source}:{line}: nested more than {MAX_YAML_DEPTH} levels deep")
+            elif isinstance(ev, yaml.CollectionEndEvent) and open_:
+                anchor, before = open_.pop()
+                if anchor:
+                    sizes[anchor] = total - before
+            if total > MAX_YAML_NODES:
+                raise CotdistillError(
+                    f"{source}:{line}: more than {MAX_YAML_NODES} values once aliases (*name) are expanded"
+                )
+    except yaml.YAMLError:
+        return  # the loader reports syntax errors with their line
+
+
+def load_yaml_text(text: str, source: str) -> Any:
+    """Safe-load bounded YAML (see check_yaml_bounds); errors name the file and line."""
+    return _load_yaml(text, source)[0]
+
+
+def read_yaml_file(path: Path, option: str = "") -> Any:
+    """A YAML file's data; a missing, binary or malformed file is one line naming it."""
+    what = f"{option} {path}".strip()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise CotdistillError(f"{what}: not UTF-8 text ({e.reason} at byte {e.start}); expected a YAML file") from None
+    except OSError as e:
+        raise CotdistillError(f"{what}: cannot read ({e.strerror or e})") from None
+    if "\x00" in text:
+        raise CotdistillError(f"{what}: binary data (NUL bytes); expected a YAML file")
+    return load_yaml_text(text, str(path))
+
+
 def _load_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
     """Parse YAML; return the data and {path tuple: 1-based line} for every key and item."""
+    check_yaml_bounds(text, source)
     loader = _LineLoader(text)
     try:
         node = loader.get_single_node()
@@ -162,6 +222,7 @@ class StudyConfig(BaseModel):
     _display: str = PrivateAttr("")  # the file name as the user gave it, for messages
     _lines: dict = PrivateAttr(default_factory=dict)
     _text: str = PrivateAttr("")
+    _trust_remote_code: bool = PrivateAttr(False)  # --trust-remote-code given: the file may ask for remote code
 
     @field_validator("seeds")
     @classmethod
@@ -228,7 +289,13 @@ def load_study(path: Path | str) -> StudyConfig:
     path = Path(path)
     if not path.is_file():
         raise CotdistillError(f"study file {path} does not exist")
-    return parse_study(path.read_text(encoding="utf-8"), path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise CotdistillError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); expected a study YAML file") from None
+    if "\x00" in text:
+        raise CotdistillError(f"{path}: binary data (NUL bytes); expected a study YAML file")
+    return parse_study(text, path)
 
 
 # ============================================================================ brace expansion
@@ -236,22 +303,30 @@ def load_study(path: Path | str) -> StudyConfig:
 _BRACE = re.compile(r"\{([^{}]*)\}")
 
 
-def expand_braces(pattern: str) -> list[str]:
-    """`level{1..6}` -> level1 .. level6; `{chatgpt,gemini}` -> both; nested/multiple braces multiply."""
+def expand_braces(pattern: str, _made: list[int] | None = None) -> list[str]:
+    """`level{1..6}` -> level1 .. level6; `{chatgpt,gemini}` -> both; nested/multiple braces multiply.
+    At most MAX_BRACE_EXPANSIONS names, checked before they are made."""
+    made = _made if _made is not None else [0]
     m = _BRACE.search(pattern)
     if not m:
+        made[0] += 1
+        if made[0] > MAX_BRACE_EXPANSIONS:
+            raise CotdistillError(f"brace pattern expands to more than {MAX_BRACE_EXPANSIONS} names")
         return [pattern]
     body = m.group(1)
     rng = re.fullmatch(r"\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*", body)
     if rng:
         a, b = int(rng.group(1)), int(rng.group(2))
+        if abs(b - a) >= MAX_BRACE_EXPANSIONS:
+            raise CotdistillError(f"brace range {{{body}}} in {pattern!r} has {abs(b - a) + 1} values; "
+                                  f"at most {MAX_BRACE_EXPANSIONS} are allowed")
         options = [str(i) for i in (range(a, b + 1) if a <= b else range(a, b - 1, -1))]
     elif "," in body:
         options = [o.strip() for o in body.split(",")]
     else:
         raise CotdistillError(f"cannot expand {{{body}}} in {pattern!r}: use {{1..6}} or {{a,b,c}}")
     head, tail = pattern[: m.start()], pattern[m.end() :]
-    return [x for o in options for x in expand_braces(head + o + tail)]
+    return [x for o in options for x in expand_braces(head + o + tail, made)]
 
 
 def executor_settings(cfg: StudyConfig, **overrides: Any) -> ExecutorSettings:
@@ -262,4 +337,5 @@ def executor_settings(cfg: StudyConfig, **overrides: Any) -> ExecutorSettings:
         return ExecutorSettings(**{**base.model_dump(), **given})
     except ValidationError as e:
         err = e.errors()[0]
-        raise CotdistillError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg'].removeprefix('Value error, ')}") from None
+        flag = {"name": "executor"}.get(str(err["loc"][0]), str(err["loc"][0]))
+        raise CotdistillError(f"--{flag.replace('_', '-')}: {err['msg'].removeprefix('Value error, ')}") from None
