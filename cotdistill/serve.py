@@ -31,7 +31,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from cotdistill.engines import Completion, Request
 from cotdistill.engines.hf import HFEngine
@@ -59,6 +59,13 @@ class ServeOptions(BaseModel):
     max_body_bytes: int = Field(default=1_000_000, ge=1, description="request bodies over this get 413 unread")
     max_connections: int = Field(default=1000, ge=1, description="open connections at most; more get 503")
     api_key: SecretStr | None = Field(default=None, description="Bearer key clients must send (none: no check)")
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_blank(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().strip():
+            raise ValueError("an API key must not be empty (leave it out to serve without one)")
+        return v
 
 
 class ServeConfig(ServeOptions):
@@ -219,6 +226,7 @@ class BatchStats:
     requests: int = 0
     rows: int = 0
     rejected_queue_full: int = 0
+    generating: int = 0  # rows in the generate call running now
     sizes: Counter = field(default_factory=Counter)  # rows per generate call -> calls
 
     def as_json(self) -> dict:
@@ -226,7 +234,7 @@ class BatchStats:
                 "max_batch_rows": max(self.sizes, default=0),
                 "mean_batch_rows": round(self.rows / self.batches, 2) if self.batches else 0.0,
                 "batch_rows_histogram": {str(k): v for k, v in sorted(self.sizes.items())},
-                "rejected_queue_full": self.rejected_queue_full}
+                "rejected_queue_full": self.rejected_queue_full, "generating": self.generating}
 
 
 class Batcher:
@@ -324,7 +332,11 @@ class Batcher:
         requests = [Request(jobs[i].messages) for i in ok for _ in range(jobs[i].rows)]
         if not requests:
             return outcomes
-        done = engine.generate(requests, **jobs[ok[0]].params)
+        self.stats.generating = len(requests)
+        try:
+            done = engine.generate(requests, **jobs[ok[0]].params)
+        finally:
+            self.stats.generating = 0
         self.stats.batches += 1
         self.stats.requests += len(ok)
         self.stats.rows += len(requests)
@@ -461,16 +473,17 @@ def _listen(host: str, port: int) -> socket.socket:
 class ChatServer:
     """uvicorn serving `build_app` on a socket bound at construction (port 0 = any free port).
 
+    `sock`: a socket already listening (then host and port are not used).
     `serve_forever()` blocks until `shutdown()` (from another thread) or, in the main thread,
     SIGINT/SIGTERM: it stops accepting, finishes the requests in flight, then returns.
     """
 
     def __init__(self, served: Served, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False,
-                 options: ServeOptions | None = None):
+                 options: ServeOptions | None = None, sock: socket.socket | None = None):
         import uvicorn
 
         self.served, self.options = served, options or ServeOptions()
-        self.socket = _listen(host, port)
+        self.socket = sock or _listen(host, port)
         self.app = build_app(served, self.options)
         config = uvicorn.Config(self.app, log_level="warning" if quiet else "info", access_log=not quiet,
                                 limit_concurrency=self.options.max_connections, timeout_graceful_shutdown=60,
@@ -532,22 +545,27 @@ def _uvicorn_server_class() -> type:
 
 def serve(cfg: ServeConfig) -> None:
     """Load the model and answer chat completions until SIGINT/SIGTERM. Prints the base URL once ready."""
-    engine = HFEngine.load(cfg.model)
+    sock = _listen(cfg.host, cfg.port)  # a taken port shows before a model is loaded for nothing
+    if cfg.api_key is None and not is_loopback(cfg.host):
+        print(f"warning: serving on {cfg.host} beyond loopback without --api-key (or ${API_KEY_ENV}): "
+              "anyone who can reach this port can use the model", file=sys.stderr, flush=True)
     try:
-        if cfg.max_tokens > engine.context:
-            raise CotdistillError(f"serve option --max-tokens: {cfg.max_tokens} is over the model's context window "
-                                  f"of {engine.context} tokens")
-        served = Served(engine, cfg.name or cfg.model, cfg.max_tokens)
-        options = ServeOptions(**{k: getattr(cfg, k) for k in ServeOptions.model_fields})
-        server = ChatServer(served, cfg.host, cfg.port, quiet=cfg.quiet, options=options)
-        if cfg.api_key is None and not is_loopback(cfg.host):
-            print(f"warning: serving on {cfg.host} beyond loopback without --api-key (or ${API_KEY_ENV}): "
-                  "anyone who can reach this port can use the model", file=sys.stderr, flush=True)
-        print(f"cotdistill serve: model {served.name!r} ready at {server.url}", flush=True)
+        engine = HFEngine.load(cfg.model)
         try:
-            server.serve_forever()
+            _serve_engine(cfg, engine, sock)
         finally:
-            server.server_close()
-        print("cotdistill serve: stopped", flush=True)
+            engine.close()
     finally:
-        engine.close()
+        sock.close()
+
+
+def _serve_engine(cfg: ServeConfig, engine: HFEngine, sock: socket.socket) -> None:
+    if cfg.max_tokens > engine.context:
+        raise CotdistillError(f"serve option --max-tokens: {cfg.max_tokens} is over the model's context window "
+                              f"of {engine.context} tokens")
+    served = Served(engine, cfg.name or cfg.model, cfg.max_tokens)
+    options = ServeOptions(**{k: getattr(cfg, k) for k in ServeOptions.model_fields})
+    server = ChatServer(served, quiet=cfg.quiet, options=options, sock=sock)
+    print(f"cotdistill serve: model {served.name!r} ready at {server.url}", flush=True)
+    server.serve_forever()
+    print("cotdistill serve: stopped", flush=True)
