@@ -484,6 +484,8 @@ class ChatServer:
 
         self.served, self.options = served, options or ServeOptions()
         self.socket = sock or _listen(host, port)
+        bound, bound_port = self.socket.getsockname()[:2]
+        self.url = f"http://{f'[{bound}]' if ':' in bound else bound}:{bound_port}/v1"
         self.app = build_app(served, self.options)
         config = uvicorn.Config(self.app, log_level="warning" if quiet else "info", access_log=not quiet,
                                 limit_concurrency=self.options.max_connections, timeout_graceful_shutdown=60,
@@ -495,10 +497,6 @@ class ChatServer:
     def stats(self) -> BatchStats:
         return self.app.state.batcher.stats
 
-    @property
-    def url(self) -> str:
-        host, port = self.socket.getsockname()[:2]
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
 
     def serve_forever(self) -> None:
         self._stopped.clear()
