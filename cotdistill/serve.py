@@ -54,7 +54,7 @@ class ServeOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     max_batch: int = Field(default=32, ge=1, description="rows (requests x n) generated as one batch at most")
-    batch_wait_ms: float = Field(default=5.0, ge=0, le=60_000, description="how long the batcher collects requests after the first")
+    batch_wait_ms: float = Field(default=10.0, ge=0, le=60_000, description="how long the batcher collects requests after the first")
     max_queue: int = Field(default=256, ge=1, description="requests waiting for a batch at most; more get 503 + Retry-After")
     max_body_bytes: int = Field(default=1_000_000, ge=1, description="request bodies over this get 413 unread")
     max_connections: int = Field(default=1000, ge=1, description="open connections at most; more get 503")

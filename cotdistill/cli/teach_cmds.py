@@ -72,7 +72,7 @@ def serve_cmd(
     name: Annotated[Optional[str], typer.Option(help="Model name clients ask for (default: --model as given).")] = None,
     max_tokens: Annotated[int, typer.Option(help="Default new-token limit when a request sets none (<= the model's context).")] = 256,
     max_batch: Annotated[int, typer.Option(help="Rows (requests x n) generated together at most.")] = 32,
-    batch_wait_ms: Annotated[float, typer.Option(help="How long to collect concurrent requests into one batch.")] = 5.0,
+    batch_wait_ms: Annotated[float, typer.Option(help="How long to collect concurrent requests into one batch.")] = 10.0,
     max_queue: Annotated[int, typer.Option(help="Requests waiting for a batch at most; more get 503 + Retry-After.")] = 256,
     max_body_bytes: Annotated[int, typer.Option(help="Larger request bodies get 413 unread.")] = 1_000_000,
     max_connections: Annotated[int, typer.Option(help="Open connections at most; more get 503.")] = 1000,
