@@ -322,7 +322,12 @@ class Batcher:
         outcomes: list[Any] = [None] * len(jobs)
         ok: list[int] = []
         for i, job in enumerate(jobs):
-            n_prompt, max_new = len(engine.encode(job.messages)), job.params["max_new_tokens"]
+            try:
+                n_prompt, max_new = len(engine.encode(job.messages)), job.params["max_new_tokens"]
+            except Exception as e:  # the chat template refused these messages (a role it does not know, ...)
+                outcomes[i] = Refused(*_error(400, f"cannot render the messages: {type(e).__name__}: {e}",
+                                              "invalid_messages"))
+                continue
             if n_prompt + max_new > engine.context:
                 msg = f"context length is {engine.context} tokens; the request needs {n_prompt} + {max_new}"
                 outcomes[i] = Refused(*_error(400, msg, "context_length_exceeded"))
