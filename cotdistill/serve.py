@@ -264,8 +264,10 @@ class Batcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         gone = Refused(*_error(503, "server shutting down", "shutting_down", "server_error"))
+        waiting = [self._held] if self._held else []
         while not self.queue.empty():
-            job = self.queue.get_nowait()
+            waiting.append(self.queue.get_nowait())
+        for job in waiting:
             if not job.future.done():
                 job.future.set_exception(gone)
 
