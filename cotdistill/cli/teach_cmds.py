@@ -67,13 +67,22 @@ def teach_cmd(
 @app.command("serve")
 def serve_cmd(
     model: Annotated[str, typer.Option(help="Student or distilled model: alias, local folder, .gguf or HF id.")],
-    port: Annotated[int, typer.Option(help="TCP port (0 = any free port; the URL is printed when ready).")] = 8000,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port 1-65535 (0 = any free port; the URL is printed when ready).")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to listen on (beyond loopback, set --api-key).")] = "127.0.0.1",
     name: Annotated[Optional[str], typer.Option(help="Model name clients ask for (default: --model as given).")] = None,
-    max_tokens: Annotated[int, typer.Option(help="Default new-token limit when a request sets none.")] = 256,
+    max_tokens: Annotated[int, typer.Option(help="Default new-token limit when a request sets none (<= the model's context).")] = 256,
+    max_batch: Annotated[int, typer.Option(help="Rows (requests x n) generated together at most.")] = 32,
+    batch_wait_ms: Annotated[float, typer.Option(help="How long to collect concurrent requests into one batch.")] = 10.0,
+    max_queue: Annotated[int, typer.Option(help="Requests waiting for a batch at most; more get 503 + Retry-After.")] = 256,
+    max_body_bytes: Annotated[int, typer.Option(help="Larger request bodies get 413 unread.")] = 1_000_000,
+    max_connections: Annotated[int, typer.Option(help="Open connections at most; more get 503.")] = 1000,
+    api_key: Annotated[Optional[str], typer.Option(envvar="COTDISTILL_API_KEY", show_envvar=True, show_default=False,
+                                                   help="Key clients must send as 'Authorization: Bearer KEY'.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No per-request log lines.")] = False,
 ) -> None:
-    """Serve a model over the OpenAI chat-completions protocol (POST /v1/chat/completions, GET /v1/models)."""
-    from cotdistill.serve import serve
+    """Serve a model over the OpenAI chat-completions protocol (POST /v1/chat/completions, GET /v1/models, GET /health)."""
+    from cotdistill.serve import make_serve_config, serve
 
-    serve(model, host=host, port=port, name=name, max_tokens=max_tokens, quiet=quiet)
+    serve(make_serve_config(model=model, port=port, host=host, name=name, max_tokens=max_tokens, max_batch=max_batch,
+                            batch_wait_ms=batch_wait_ms, max_queue=max_queue, max_body_bytes=max_body_bytes,
+                            max_connections=max_connections, api_key=api_key, quiet=quiet))
