@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from cotdistill.benchmarks import DATASETS
+from cotdistill.benchmarks import DATASETS, Example
 from cotdistill.benchmarks._files import iter_json_lines, read_text
 from cotdistill.checks import check_out_file, check_url, url_secrets
 from cotdistill.cache import ResponseCache, canonical_json, default_cache_path, request_key
@@ -89,16 +89,7 @@ def make_config(**kwargs: Any) -> TeachConfig:
 # ----------------------------------------------------------------------------- questions
 
 
-@dataclass(frozen=True)
-class Question:
-    id: str
-    question: str
-    gold: str
-    kind: str
-    choices: dict[str, str] | None = None
-
-
-def load_questions(cfg: TeachConfig) -> list[Question]:
+def load_questions(cfg: TeachConfig) -> list[Example]:
     """The questions to teach, each with a gold answer (verification needs one)."""
     path = Path(cfg.dataset).expanduser()
     if path.suffix == ".jsonl" or path.is_file():
@@ -107,7 +98,7 @@ def load_questions(cfg: TeachConfig) -> list[Question]:
         from cotdistill.benchmarks import load_benchmark
 
         examples = load_benchmark(cfg.dataset, cfg.split, cfg.data_dir, cfg.limit)
-        questions = [Question(e.id, e.question, e.gold, e.kind, e.choices) for e in examples]
+        questions = examples
         for q in questions:
             if not str(q.gold or "").strip():
                 raise CotdistillError(f"dataset {cfg.dataset}/{cfg.split} question {q.id} has no gold answer to verify against")
@@ -116,10 +107,10 @@ def load_questions(cfg: TeachConfig) -> list[Question]:
     return questions
 
 
-def _question_file(path: Path, limit: int | None) -> list[Question]:
+def _question_file(path: Path, limit: int | None) -> list[Example]:
     if not path.is_file():
         raise CotdistillError(f"question file {path} does not exist")
-    out: list[Question] = []
+    out: list[Example] = []
     for n, row in iter_json_lines(read_text(path), str(path)):
         if not str(row.get("question") or "").strip():
             raise CotdistillError(f"{path}:{n}: needs a non-empty 'question'")
@@ -134,7 +125,7 @@ def _question_file(path: Path, limit: int | None) -> list[Question]:
                 isinstance(k, str) and isinstance(v, (str, int, float)) for k, v in choices.items())):
             raise CotdistillError(f"{path}:{n}: 'choices' must be an object {{letter: option text}}, got {choices!r:.60}")
         choices = {k: str(v) for k, v in choices.items()} if choices else None
-        out.append(Question(str(row.get("id", f"{path.stem}/{n}")), str(row["question"]), str(gold), kind, choices))
+        out.append(Example(str(row.get("id", f"{path.stem}/{n}")), path.stem, str(row["question"]), str(gold), kind, choices))
         if limit and len(out) >= limit:
             break
     return out
@@ -195,7 +186,7 @@ _URL_SECRETS: list[str] = []  # credentials of the --base-url in use (teach() fi
 
 @dataclass
 class Job:
-    question: Question
+    question: Example
     sample: int
     messages: list[dict[str, str]]
     request: dict[str, Any]  # what the cache key is made of
@@ -214,7 +205,7 @@ def _params(cfg: TeachConfig, sample: int) -> dict[str, Any]:
     }
 
 
-def make_job(cfg: TeachConfig, teacher: Teacher, prompt: TeacherPrompt, q: Question, sample: int) -> Job:
+def make_job(cfg: TeachConfig, teacher: Teacher, prompt: TeacherPrompt, q: Example, sample: int) -> Job:
     messages = [{"role": "user", "content": prompt.render(q.question)}]
     request = {
         "teacher": teacher.kind,
