@@ -518,6 +518,11 @@ def _results_section(doc: Doc, rows: list[CellResult]) -> None:
                       _num(r.eval_seconds, "{:.0f}"), _num(r.train_tokens_per_s, "{:.0f}"),
                       _num(r.eval_tokens_per_s, "{:.1f}"), _numerics_short(r), r.status])  # fmt: skip
     doc.table(headers, table)
+    short = [r for r in rows if r.teach_failed]
+    if short:  # allow_partial: trained on fewer questions than asked for; say so next to the numbers
+        doc.p("**Partial supervision** (allow_partial): the teacher could not answer every request for "
+              + "; ".join(f"{r.label} ({r.teach_failed} missing)" for r in short)
+              + ". These cells trained on fewer questions than the others.")
     _numerics_note(doc, rows)
 
 
@@ -538,11 +543,6 @@ def _numerics_note(doc: Doc, rows: list[CellResult]) -> None:
           "engines, library versions or grading protocols (" + "; ".join(f"`{m}`" for m in made) + "). Accuracy differences between "
           "them may come from the numerics rather than the supervision; paired tests that mix them are marked "
           "⚠ mixed numerics.")
-    short = [r for r in rows if r.teach_failed]
-    if short:  # allow_partial: trained on fewer questions than asked for; say so next to the numbers
-        doc.p("**Partial supervision** (allow_partial): the teacher could not answer every request for "
-              + "; ".join(f"{r.label} ({r.teach_failed} missing)" for r in short)
-              + ". These cells trained on fewer questions than the others.")
 
 
 def _granularity_section(doc: Doc, dataset: str, conds: list[Condition], fig_dir: Path) -> None:
