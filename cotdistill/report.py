@@ -246,7 +246,7 @@ def _finding(best: Condition, zero: Condition) -> str:
     """One sentence: fine-tuning on `best`'s rationales moved accuracy from zero-shot's to best's."""
     t = compare(best, zero)
     verb = "raised" if t.diff > 0 else "lowered" if t.diff < 0 else "did not change"
-    change = f"from {_pct(t.acc_b)} % (zero-shot) to {_pct(t.acc_a)} %" if t.diff else f"({_pct(t.acc_a)} %)"
+    change = f"from {_pct(t.acc_b)} % (zero-shot) to {_pct(t.acc_a)} %" if t.diff else f"({_pct(t.acc_a)} %, as zero-shot)"
     examples = {r.get("train_examples") for r in best.rows} - {None, ""}
     size = f"{int(float(examples.pop()))} " if len(examples) == 1 else ""
     what = f"{best.teacher} level-{best.level}" if best.level is not None else best.teacher
