@@ -41,7 +41,7 @@ def test_shipped_study_validates_every_cell(path, data_dir):
 def test_demo_is_the_documented_study(data_dir):
     cells = study.expand_cells(study.load_study(REPO / "configs" / "demo.yaml"), data_dir)
     names = sorted(c.supervision.name for c in cells)
-    assert names == ["none", "svamp/answer-only", "svamp/chatgpt/level3"]  # the zero-shot self is the yardstick
+    assert names == ["none", "svamp/chatgpt/level3"]  # the zero-shot self is the yardstick
     assert {c.student for c in cells} == {"smollm2-135m"} and {c.dataset for c in cells} == {"svamp"}
     # fp32 forced: the demo's time is measured with the slowest numerics (CPUs without native bf16).
     assert all(c.eval_resolved["dtype"] == "fp32" for c in cells)
