@@ -232,6 +232,39 @@ def compare(a: Condition, b: Condition) -> metrics.PairedTest:
     return metrics.paired_test(xa, xb)
 
 
+def headline(study_dir: Path) -> str | None:
+    """What the study found, in plain words with the paired test: per (dataset, student), the best
+    CoT-trained cell against the same student's zero-shot cell. None when no such pair exists."""
+    study_dir = Path(study_dir)
+    return _headline(_conditions(study_dir, read_results(study_dir)))
+
+
+def _headline(conds: list[Condition]) -> str | None:
+    sentences = []
+    for zero in sorted((c for c in conds if c.teacher == "zero-shot"), key=lambda c: (c.dataset, c.student)):
+        trained = [c for c in conds if c.teacher not in BASELINES and (c.dataset, c.student) == (zero.dataset, zero.student)]
+        if trained:
+            sentences.append(_finding(max(trained, key=lambda c: c.accuracy), zero))
+    return " ".join(sentences) or None
+
+
+def _finding(best: Condition, zero: Condition) -> str:
+    """One sentence: fine-tuning on `best`'s rationales moved accuracy from zero-shot's to best's."""
+    t = compare(best, zero)
+    verb = "raised" if t.diff > 0 else "lowered" if t.diff < 0 else "did not change"
+    change = f"from {_pct(t.acc_b)} % (zero-shot) to {_pct(t.acc_a)} %" if t.diff else f"({_pct(t.acc_a)} %, as zero-shot)"
+    examples = {r.train_examples for r in best.rows} - {None}
+    size = f"{int(float(examples.pop()))} " if len(examples) == 1 else ""
+    what = f"{best.teacher} level-{best.level}" if best.level is not None else best.teacher
+    fmt = f" {best.format}" if best.format != "cot" else ""
+    questions = len({q for _, q in best.correct})
+    p = "p < 0.001" if t.mcnemar_p < 0.001 else f"p = {_p(t.mcnemar_p)}"
+    verdict = "a real difference" if t.mcnemar_p < ALPHA else "not a significant difference (p ≥ 0.05)"
+    return (f"{best.student}: fine-tuning on {size}{what}{fmt} rationales {verb} its {best.dataset} accuracy {change} "
+            f"on {questions} test questions (McNemar {p}; {t.a_only} questions right only after training, "
+            f"{t.b_only} only before): {verdict}.")
+
+
 def _test_row(a: Condition, b: Condition, t: metrics.PairedTest | None = None) -> list[str]:
     """A row of TEST_HEADERS; pass `t` when compare(a, b) was already computed (it bootstraps)."""
     t = t or compare(a, b)
@@ -462,6 +495,9 @@ def write_report(study_dir: Path, data_dir: Path | None = None) -> Path:
     fig_dir = study_dir / "figures"
     doc = Doc()
     doc.h(1, f"Study report: {title}")
+    found = _headline(conds)
+    if found:  # the result first, in words, before any table
+        doc.p(f"**Finding:** {found}")
     if cfg.get("description"):
         doc.p(cfg["description"])
     counts = defaultdict(int)

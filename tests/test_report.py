@@ -6,6 +6,7 @@ import csv
 import json
 import re
 import shutil
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,37 @@ def test_gain_difference_is_paired():
     assert same.diff == 0 and same.bootstrap_p == 1.0 and same.n == 10
     opposite = metrics.gain_difference(right, wrong, wrong, right)
     assert opposite.gain_a == 1 and opposite.gain_b == -1 and opposite.diff == 2 and opposite.bootstrap_p < 0.05
+
+
+def test_headline_states_the_best_distilled_cell_against_zero_shot(synthetic_study):
+    md = (synthetic_study / "report.md").read_text()
+    strong = ("strong: fine-tuning on 30 chatgpt level-6 rationales raised its svamp accuracy from 0.0 % (zero-shot) "
+              "to 90.0 % on 20 test questions (McNemar p < 0.001; 18 questions right only after training, 0 only "
+              "before): a real difference.")  # fmt: skip
+    weak = "weak: fine-tuning on 30 chatgpt level-1 rationales raised its svamp accuracy from 0.0 % (zero-shot) to 60.0 %"
+    found = report.headline(synthetic_study)
+    assert found.startswith(strong) and weak in found
+    # The report opens with it: the paragraph right after the title, before any table (also in the HTML).
+    assert md.splitlines()[2] == f"**Finding:** {found}" and md.index(found) < md.index("| ")
+    html = (synthetic_study / "report.html").read_text()
+    assert html.index("90.0 % on 20 test questions") < html.index("<table>")
+
+
+def _condition(teacher: str, level: int | None, right: list[bool]) -> report.Condition:
+    fmt = "zero-shot" if teacher == "zero-shot" else "cot"
+    c = report.Condition("svamp", "s", teacher, level, fmt, rows=[SimpleNamespace(train_examples=40)])
+    c.correct = {("100", f"q{i}"): r for i, r in enumerate(right)}
+    return c
+
+
+def test_headline_says_plainly_when_nothing_is_significant():
+    zero = _condition("zero-shot", None, [True] + [False] * 9)
+    level3 = _condition("chatgpt", 3, [False, True, True] + [False] * 7)  # 2 gained, 1 lost: p = 1
+    found = report._headline([zero, level3, _condition("chatgpt", 1, [False] * 10)])
+    assert found == ("s: fine-tuning on 40 chatgpt level-3 rationales raised its svamp accuracy from 10.0 % (zero-shot) "
+                     "to 20.0 % on 10 test questions (McNemar p = 1.000; 2 questions right only after training, "
+                     "1 only before): not a significant difference (p ≥ 0.05).")  # fmt: skip
+    assert report._headline([level3]) is None and report._headline([zero]) is None  # nothing to compare
 
 
 def test_supervision_metrics_and_correlations(synthetic_study):

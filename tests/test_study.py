@@ -251,6 +251,10 @@ def test_kill_mid_cell_and_rerun_loses_and_redoes_nothing(tmp_path, tiny_student
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and all(row["status"] == "done" and row["accuracy"] != "" for row in rows)
     assert "report:" in r.stdout and (out / "report.html").is_file()
+    # The result in words ends the command's output, as it opens the report.
+    found = r.stdout.strip().splitlines()[-1]
+    assert found.startswith("finding: ") and "zero-shot" in found and "McNemar" in found
+    assert f"**Finding:** {found.removeprefix('finding: ')}" in (out / "report.md").read_text()
     # The killed cell resumed its training run (same folder, now finished), not a second one.
     assert len(list(out.glob("models/*/provenance.json"))) == 1
 

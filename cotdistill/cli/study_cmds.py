@@ -59,6 +59,11 @@ def study_cmd(
     print(f"cells: {', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}")
     print(f"results: {study_dir / 'results.csv'}")
     print(f"report: {(study_dir / 'report.html').resolve()}  (also report.md)")
+    from cotdistill.report import headline
+
+    found = headline(study_dir)
+    if found:  # the study's result in words, as the report's first lines state it
+        print(f"finding: {found}")
     if counts.get("failed") or counts.get("pending"):
         print(f"{counts.get('failed', 0)} cell(s) failed; see jobs/*/error.json (and log.txt); "
               "re-run the same command to retry them", file=sys.stderr)
