@@ -35,6 +35,7 @@ from cotdistill.benchmarks._files import (
     parse_choices,
     parse_records,
     read_records,
+    read_text,
     render_question,
     resolve_data_dir,
 )
@@ -292,11 +293,7 @@ def _gsm8k_human_records(path: Path) -> list[dict]:
 def _load_jsonl(path: Path) -> Supervision:
     if not path.is_file():
         raise CotdistillError(f"supervision file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise CotdistillError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    records = parse_records(text, str(path))
+    records = parse_records(read_text(path), str(path))
     rows = []
     for i, r in enumerate(records):
         at = f"{path}:{r.get('_line', i + 1)}"
