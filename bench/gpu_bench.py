@@ -53,8 +53,54 @@ sys.path.insert(0, str(ROOT / "bench"))
 DATA = "svamp/chatgpt/level3"
 
 
+RESULTS: list[dict] = []  # every figure, also written as JSON (--json) after each row: a cut-off run keeps them
+JSON_PATH: Path | None = None
+
+
 def log(*a) -> None:
     print(*a, flush=True)
+
+
+def record(**row) -> None:
+    RESULTS.append(row)
+    if JSON_PATH is not None:
+        JSON_PATH.write_text(json.dumps(RESULTS, indent=1))
+
+
+def guarded(label: str, fn, *args, **kw):
+    """Run one measurement; a failure is printed and recorded, and the bench goes on with the next."""
+    try:
+        return fn(*args, **kw)
+    except Exception as e:  # noqa: BLE001 - one broken row must not lose the others
+        import traceback
+
+        msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        log(f"{label}: FAILED {msg}")
+        traceback.print_exc(limit=4)
+        record(section="error", label=label, error=msg)
+        free()
+        return None
+
+
+class StepClock:
+    """Wall-clock time at the end of every optimizer step: steady-state tokens/s leaves out the first step
+    (CUDA context, cuBLAS heuristics, Triton JIT of the Liger kernels), which a 10-step run would be dominated by."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def tick(self, *_a, **_k) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter())
+
+    def steady(self, tokens: int) -> float | None:
+        n = len(self.times)
+        if n < 3:
+            return None
+        return tokens * (n - 1) / n / (self.times[-1] - self.times[0])
 
 
 # ----------------------------------------------------------------------------- models from configs
@@ -131,35 +177,56 @@ def ours_train(folder: Path, out: Path, a, epochs: float, limit: int | None) -> 
 
     cfg = TrainConfig(student=str(folder), data=DATA, out=out, epochs=epochs, limit=limit, device=a.device,
                       quiet=True, overwrite=True, save_steps=10**6, max_length=a.max_length)
-    r = train(cfg)
+    clock = StepClock()
+    r = train(cfg, progress=clock.tick)
     prov = json.loads((out / "provenance.json").read_text())
     return {"tokens": r.tokens, "seconds": r.train_seconds, "tokens_per_s": r.tokens_per_s,
+            "steady_tokens_per_s": clock.steady(r.tokens), "steps": len(clock.times),
             "final_loss": r.final_loss, "per_device": prov["per_device_batch"], "accum": prov["grad_accum"],
-            "loss_kernel": prov.get("loss_kernel"), "padding_free": prov.get("padding_free")}
+            "loss_kernel": prov.get("loss_kernel"), "padding_free": prov.get("padding_free"),
+            "attention": prov.get("attention")}
 
 
-def trl_train(folder: Path, out: Path, a, examples: list[dict], per_device: int, accum: int, epochs: float) -> dict:
-    """TRL's SFTTrainer on our tokenised examples (labels -100 on the prompt), the same batch shape."""
+def trl_train(folder: Path, out: Path, a, examples: list[dict], per_device: int, accum: int, epochs: float,
+              attention: str | None = None) -> dict:
+    """TRL's SFTTrainer on our tokenised examples (labels -100 on the prompt), the same batch shape, its fast
+    settings: bf16, padding_free, Liger where it runs, no gradient checkpointing (SFTConfig turns it on by
+    default to save memory; it recomputes every layer). attention: None = the model's default (SDPA, which
+    transformers gives a packed row as a dense block-diagonal mask), or an implementation name."""
     import torch
     import pyarrow as pa
     from datasets import Dataset
     from datasets.table import InMemoryTable
+    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
+    from cotdistill.kernels import attention as A
     from cotdistill.kernels.loss import liger_available
 
     cuda = a.device.startswith("cuda")
     liger = cuda and liger_available()
+    init = {}
+    if attention:
+        A.register()
+        init["attn_implementation"] = attention
     args = SFTConfig(output_dir=str(out), num_train_epochs=epochs, learning_rate=5e-5, lr_scheduler_type="cosine",
                      per_device_train_batch_size=per_device, gradient_accumulation_steps=accum, seed=100,
                      bf16=cuda, use_cpu=not cuda, padding_free=True, use_liger_kernel=liger,
+                     gradient_checkpointing=False, model_init_kwargs=init or None,
                      max_length=None, save_strategy="no", report_to="none", logging_steps=10**6,
                      disable_tqdm=True, dataloader_num_workers=0,
                      dataset_kwargs={"skip_prepare_dataset": True})  # already tokenised; the collator packs
     rows = [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples]
     # built from an Arrow table with a fingerprint given: datasets' own hashing (dill) fails on some pyarrow builds
     data = Dataset(InMemoryTable(pa.Table.from_pylist(rows)), fingerprint="gpu-bench")
-    trainer = SFTTrainer(model=str(folder), args=args, train_dataset=data)  # the checkpoint's dtype (TRL default)
+    clock = StepClock()
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *_a, **_k):
+            clock.tick()
+
+    trainer = SFTTrainer(model=str(folder), args=args, train_dataset=data,  # the checkpoint's dtype (TRL default)
+                         callbacks=[Clock()])
     dtype = str(next(trainer.model.parameters()).dtype).replace("torch.", "")
     t0 = time.perf_counter()
     out_ = trainer.train()
@@ -170,7 +237,9 @@ def trl_train(folder: Path, out: Path, a, examples: list[dict], per_device: int,
     del trainer
     free()
     return {"tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1),
-            "final_loss": out_.training_loss, "liger": liger, "weights": dtype}
+            "steady_tokens_per_s": clock.steady(tokens), "steps": len(clock.times),
+            "final_loss": out_.training_loss, "liger": liger, "weights": dtype,
+            "attention": attention or "sdpa (default)"}
 
 
 def train_section(a, tok, work: Path, peak: float) -> None:
@@ -189,35 +258,56 @@ def train_section(a, tok, work: Path, peak: float) -> None:
     except ImportError:
         have_trl = False
         log("   TRL not installed: its rows are skipped")
+    from cotdistill.kernels import attention as A
+
     for name, config in shape_configs(a.tiny, len(tok)).items():
-        folder = build(config, tok, work / name, "float32" if a.tiny else "bfloat16")
+        if a.shapes and name not in a.shapes:
+            continue
+        folder = guarded(f"{name} build", build, config, tok, work / name, "float32" if a.tiny else "bfloat16")
+        if folder is None:
+            continue
         flops = config_flops_per_token(config, mean_len)
-        ours = ours_train(folder, work / f"ours-{name}", a, a.train_epochs, a.limit)
+
+        def show(who: str, r: dict, ratio_to: dict | None = None) -> None:
+            mfu = 100 * r["tokens_per_s"] * flops / (peak * 1e12)
+            st = r.get("steady_tokens_per_s")
+            smfu = 100 * st * flops / (peak * 1e12) if st else None
+            extra = (f"  -> ours/this {ratio_to['tokens_per_s'] / r['tokens_per_s']:.2f}x"
+                     + (f" (steady {ratio_to['steady_tokens_per_s'] / st:.2f}x)"
+                        if st and ratio_to.get("steady_tokens_per_s") else "")) if ratio_to else ""
+            log(f"{name:14s} {who:12s}: {r['tokens_per_s']:>10,.0f} tok/s  MFU {mfu:5.1f} %"
+                + (f" | steady {st:>10,.0f} tok/s MFU {smfu:5.1f} %" if st else "")
+                + f"  loss {r['final_loss']:.3f}{extra}\n{'':16s}{json.dumps({k: v for k, v in r.items() if k not in ('final_loss',)})}")
+            record(section="train", shape=name, who=who, mfu=round(mfu, 2), steady_mfu=smfu and round(smfu, 2),
+                   flops_per_token=flops, peak_tflops=round(peak, 1), **r)
+
+        ours = guarded(f"{name} ours", ours_train, folder, work / f"ours-{name}", a, a.train_epochs, a.limit)
         free()
-        mfu = lambda r: 100 * r["tokens_per_s"] * flops / (peak * 1e12)  # noqa: E731
-        log(f"{name:14s} ours: {ours['tokens_per_s']:>10,.0f} tok/s  MFU {mfu(ours):5.1f} %  loss {ours['final_loss']:.3f}"
-            f"  (per-device {ours['per_device']} x accum {ours['accum']}, padding-free {ours['padding_free']},"
-            f" loss kernel {ours['loss_kernel']})")
-        if have_trl:
-            theirs = trl_train(folder, work / f"trl-{name}", a, examples, ours["per_device"], ours["accum"],
-                               a.train_epochs)
-            log(f"{name:14s} TRL : {theirs['tokens_per_s']:>10,.0f} tok/s  MFU {mfu(theirs):5.1f} %  "
-                f"loss {theirs['final_loss']:.3f}  (weights {theirs['weights']}, liger {theirs['liger']})"
-                f"  -> ours/TRL {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x")
+        if ours:
+            show("ours", ours)
+        if have_trl and ours:
+            for who, attn in (("TRL", None), ("TRL+varlen", A.NAME)):  # TRL as shipped; TRL with our attention
+                theirs = guarded(f"{name} {who}", trl_train, folder, work / f"trl-{name}", a, examples,
+                                 ours["per_device"], ours["accum"], a.train_epochs, attn)
+                if theirs:
+                    show(who, theirs, ours)
         shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(work / f"ours-{name}", ignore_errors=True)
+        shutil.rmtree(work / f"trl-{name}", ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 
-def plain_generate(model, tok, prompts: list[list[int]], max_new: int, batch: int) -> tuple[int, float]:
-    """Plain batched `model.generate` (left padded, greedy, stops at the end tokens): (generated tokens, s)."""
+def plain_generate(model, tok, prompts: list[list[int]], max_new: int, batch: int,
+                   **gen) -> tuple[int, float, list[str]]:
+    """Plain batched `model.generate` (left padded, greedy, stops at the end tokens): (generated tokens, s, texts)."""
     import torch
 
     from cotdistill import students
 
     stops = students.stop_token_ids(tok)
-    tokens, t0 = 0, time.perf_counter()
+    tokens, texts, t0 = 0, [], time.perf_counter()
     for s in range(0, len(prompts), batch):
         part = prompts[s : s + batch]
         w = max(map(len, part))
@@ -225,47 +315,76 @@ def plain_generate(model, tok, prompts: list[list[int]], max_new: int, batch: in
         mask = torch.tensor([[0] * (w - len(p)) + [1] * len(p) for p in part], device=model.device)
         with torch.inference_mode():
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
-                                 eos_token_id=stops, pad_token_id=tok.pad_token_id)
+                                 eos_token_id=stops, pad_token_id=tok.pad_token_id, **gen)
         for row in out[:, w:].tolist():
             cut = next((k for k, t in enumerate(row) if t in stops), None)
-            tokens += len(row) if cut is None else cut + 1
-    return tokens, time.perf_counter() - t0
+            row = row if cut is None else row[: cut + 1]
+            tokens += len(row)
+            texts.append(tok.decode(row, skip_special_tokens=True))
+    return tokens, time.perf_counter() - t0, texts
 
 
-def eval_section(a, student: str) -> None:
-    from cotdistill.benchmarks import load_benchmark
-    from cotdistill.engines.base import Request
-    from cotdistill.engines.hf import HFEngine
+def _answers(texts: list[str]) -> list:
+    from cotdistill.grade import extract_answer
 
-    qs = load_benchmark("svamp", "test", None, a.questions)
-    requests = [Request.question(e.question) for e in qs]
-    log(f"\n== evaluation: {len(qs)} SVAMP test questions, greedy, max {a.max_new} new tokens, model {student}")
-    engine = HFEngine.load(student, device=a.device, batch_size=len(qs))
-    rows = {}
-    for mode in ("pruned", "continuous"):
-        engine.batching = mode
-        try:
-            engine.generate(requests[:4], max_new_tokens=8)  # warm-up (kernels, graphs)
-            t0 = time.perf_counter()
-            done = engine.generate(requests, max_new_tokens=a.max_new)
-            dt = time.perf_counter() - t0
-        except Exception as e:  # an optional path that fails here is reported, not fatal
-            log(f"hf engine {mode:10s}: failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-            continue
-        n = sum(c.completion_tokens for c in done)
-        rows[mode] = done
-        log(f"hf engine {mode:10s}: {n / dt:>10,.0f} generated tok/s  ({n} tokens, {dt:.1f} s)")
-    if len(rows) == 2:
-        same = sum(x.text == y.text for x, y in zip(rows["pruned"], rows["continuous"]))
-        log(f"   pruned vs continuous: identical text on {same}/{len(qs)} questions")
-    engine.close()
-    prompts = [engine.encode(r.messages) for r in requests]
-    plain_generate(engine.model, engine.tokenizer, prompts[:4], 8, 4)  # warm-up
-    n, dt = plain_generate(engine.model, engine.tokenizer, prompts, a.max_new, a.generate_batch)
-    log(f"plain generate (batch {a.generate_batch}): {n / dt:>10,.0f} generated tok/s  ({n} tokens, {dt:.1f} s;"
+    return [extract_answer(t, "number")[0] for t in texts]
+
+
+class EvalState:
+    """The SVAMP test prompts and one loaded hf engine, shared by the evaluation sections in the order asked."""
+
+    def __init__(self, a, student: str):
+        from cotdistill.benchmarks import load_benchmark
+        from cotdistill.engines.base import Request
+        from cotdistill.engines.hf import HFEngine
+
+        self.qs = load_benchmark("svamp", "test", None, a.questions)
+        self.requests = [Request.question(e.question) for e in self.qs]
+        log(f"\n== evaluation: {len(self.qs)} SVAMP test questions, greedy, max {a.max_new} new tokens, model {student}")
+        t0 = time.perf_counter()
+        self.engine = HFEngine.load(student, device=a.device, batch_size=len(self.qs))
+        log(f"   engine load {time.perf_counter() - t0:.1f} s, dtype {next(self.engine.model.parameters()).dtype}")
+        self.prompts = [self.engine.encode(r.messages) for r in self.requests]
+        self.answers: dict[str, list] = {}
+
+    def agreement(self) -> None:
+        names = list(self.answers)
+        for x in names[1:]:
+            same = sum(p == q for p, q in zip(self.answers[names[0]], self.answers[x]))
+            log(f"   extracted answers {names[0]} vs {x}: identical on {same}/{len(self.qs)}")
+            record(section="eval-agreement", a=names[0], b=x, identical=same, questions=len(self.qs))
+
+
+def engine_section(a, ev: EvalState, mode: str) -> None:
+    """Our hf engine, batching `mode` (pruned: our decode loop; continuous: transformers' continuous batching)."""
+    engine = ev.engine
+    engine.batching = mode
+    engine.generate(ev.requests[:4], max_new_tokens=8)  # warm-up (kernels, graphs)
+    t0 = time.perf_counter()
+    done = engine.generate(ev.requests, max_new_tokens=a.max_new)
+    dt = time.perf_counter() - t0
+    n = sum(c.completion_tokens for c in done)
+    ev.answers[f"hf-{mode}"] = _answers([c.text for c in done])
+    log(f"hf engine {mode:10s}: {n / dt:>10,.0f} generated tok/s  ({n} tokens, {dt:.1f} s)")
+    record(section="eval", who=f"hf-{mode}", tokens=n, seconds=round(dt, 2), tokens_per_s=round(n / dt, 1),
+           questions=len(ev.qs))
+
+
+def generate_section(a, ev: EvalState, static: bool) -> None:
+    """Plain batched `model.generate` (batch 64), or with a static cache, which transformers
+    compiles (CUDA graphs) — the whole set as one batch, so one shape and one compile (timed as a warm-up)."""
+    who, batch, gen = ("generate-static-compiled", len(ev.prompts), {"cache_implementation": "static"}) if static \
+        else ("generate", a.generate_batch, {})
+    model, tok = ev.engine.model, ev.engine.tokenizer
+    t0 = time.perf_counter()
+    plain_generate(model, tok, ev.prompts[:batch], 8, batch, **gen)  # warm-up (for static: the compile)
+    warm = time.perf_counter() - t0
+    n, dt, texts = plain_generate(model, tok, ev.prompts, a.max_new, batch, **gen)
+    ev.answers[who] = _answers(texts)
+    log(f"{who} (batch {batch}): {n / dt:>10,.0f} generated tok/s  ({n} tokens, {dt:.1f} s, warm-up {warm:.1f} s;"
         " no answer stop: rows run to their end token)")
-    del engine
-    free()
+    record(section="eval", who=who, batch=batch, tokens=n, seconds=round(dt, 2), tokens_per_s=round(n / dt, 1),
+           warmup_seconds=round(warm, 1), questions=len(ev.qs))
 
 
 def cell_section(a, student: str, work: Path) -> None:
@@ -283,6 +402,24 @@ def cell_section(a, student: str, work: Path) -> None:
     t2 = time.perf_counter()
     log(f"cell: {t2 - t0:.1f} s wall (train {t1 - t0:.1f} s: {r.tokens_per_s:,.0f} tok/s, loss {r.final_loss:.3f}; "
         f"eval {t2 - t1:.1f} s: accuracy {100 * s.accuracy:.1f} %, {s.tokens_per_s:,.0f} tok/s)")
+    record(section="cell", seconds=round(t2 - t0, 1), train_seconds=round(t1 - t0, 1), eval_seconds=round(t2 - t1, 1),
+           train_tokens_per_s=r.tokens_per_s, final_loss=r.final_loss, accuracy=s.accuracy,
+           eval_tokens_per_s=s.tokens_per_s)
+
+
+def to_folder(student: str, work: Path) -> str:
+    """A GGUF student de-quantised once into a safetensors folder (bf16), as a GPU user would hold it."""
+    if not student.endswith(".gguf"):
+        return student
+    from cotdistill import students
+
+    t0 = time.perf_counter()
+    model, tok = students.load_student(student, dtype="bfloat16", device="cpu")
+    folder = work / "student"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    log(f"student {student} de-quantised to {folder} in {time.perf_counter() - t0:.1f} s (not part of any figure)")
+    return str(folder)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -296,8 +433,17 @@ def main() -> None:
                                       "smollm2 shape")
     ap.add_argument("--tokenizer", help="tokenizer folder (default: the student's, or the smollm2-135m alias's)")
     ap.add_argument("--save-tokenizer", type=Path, help="write the tokenizer to this folder and exit")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["train", "eval", "cell"])
+    ap.add_argument("--sections", nargs="*", default=["train", "eval", "generate", "cell", "continuous", "static"],
+                    choices=["train", "eval", "generate", "cell", "continuous", "static"],
+                    help="what to run, in this order: train (3 shapes, ours vs TRL), eval (our hf engine, pruned "
+                         "loop), generate (plain batched generate), cell (one whole SVAMP cell), continuous (our "
+                         "engine through transformers' continuous batching), static (generate with a static cache, "
+                         "compiled; CUDA only)")
+    ap.add_argument("--shapes", nargs="*", help="training shapes to run (default: all)")
+    ap.add_argument("--json", type=Path, help="write every figure here as JSON, after each row")
     a = ap.parse_args()
+    global JSON_PATH
+    JSON_PATH = a.json
     from cotdistill import students
     from cotdistill.testing import make_tiny_tokenizer
 
@@ -309,8 +455,15 @@ def main() -> None:
     a.train_epochs, a.cell_epochs = (1.0, 1.0) if a.tiny else (1.0, 3.0)
     a.max_new, a.generate_batch = (8, 4) if a.tiny else (320, 64)
     a.max_length = 128 if a.tiny else None
-    tok = make_tiny_tokenizer(chat_template=True) if a.tiny and not (a.tokenizer or a.student) \
-        else students.load_tokenizer(a.tokenizer or a.student or "smollm2-135m")
+    if a.tokenizer and not (Path(a.tokenizer) / "config.json").exists():  # a tokenizer folder (--save-tokenizer)
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(a.tokenizer)
+        tok.pad_token = tok.pad_token or tok.eos_token
+    elif a.tiny and not (a.tokenizer or a.student):
+        tok = make_tiny_tokenizer(chat_template=True)
+    else:
+        tok = students.load_tokenizer(a.tokenizer or a.student or "smollm2-135m")
     peak = bf16_peak_tflops(a.device, 256 if a.tiny else 8192)
     import torch
     import transformers
@@ -318,19 +471,38 @@ def main() -> None:
     gpu = torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu"
     log(f"device {a.device} ({gpu}); torch {torch.__version__}, transformers {transformers.__version__}; "
         f"measured bf16 matmul peak {peak:.3g} TFLOP/s")
+    record(section="machine", device=a.device, name=gpu, torch=torch.__version__, transformers=transformers.__version__,
+           peak_bf16_tflops=round(peak, 1))
     work = Path(tempfile.mkdtemp(prefix="gpu_bench_"))
     t0 = time.perf_counter()
     try:
-        if "train" not in a.skip:
-            train_section(a, tok, work, peak)
+        if "train" in a.sections:
+            guarded("train", train_section, a, tok, work, peak)
         student = a.student
-        if student is None and not {"eval", "cell"} <= set(a.skip):
+        needs_student = set(a.sections) - {"train"}
+        if student is not None and student.endswith(".gguf") and needs_student:
+            student = guarded("de-quantise", to_folder, student, work)
+        if student is None and needs_student:
             name, config = next(iter(shape_configs(a.tiny, len(tok)).items()))
             student = str(build(config, tok, work / f"eval-{name}", "float32" if a.tiny else "bfloat16"))
-        if "eval" not in a.skip:
-            eval_section(a, student)
-        if "cell" not in a.skip:
-            cell_section(a, student, work)
+            log(f"student: random-init {name} shape (it never stops by itself: every row runs to the cap)")
+        ev = None
+        for section in a.sections:
+            if section in ("eval", "continuous", "generate", "static") and ev is None:
+                ev = guarded("engine load", EvalState, a, student)
+            if section == "eval" and ev:
+                guarded("hf engine pruned", engine_section, a, ev, "pruned")
+            elif section == "continuous" and ev:
+                guarded("hf engine continuous", engine_section, a, ev, "continuous")
+            elif section == "generate" and ev:
+                guarded("generate", generate_section, a, ev, False)
+            elif section == "static" and ev and a.device.startswith("cuda"):
+                guarded("generate static", generate_section, a, ev, True)
+            elif section == "cell":
+                guarded("cell", cell_section, a, student, work)
+        if ev is not None:
+            ev.agreement()
+            ev.engine.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log(f"\nbench wall-clock {time.perf_counter() - t0:.0f} s")

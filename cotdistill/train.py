@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cotdistill import students
 from cotdistill.errors import CotdistillError
+from cotdistill.kernels import attention
 from cotdistill.kernels.loss import (ResponseOnlyHead, chunked_linear_cross_entropy, liger_available,
                                      liger_linear_cross_entropy)
 from cotdistill.provenance import atomic_write_text, write_provenance
@@ -144,13 +145,21 @@ class PackCollator:
     def __call__(self, batch: list[dict]) -> dict[str, Any]:
         import torch
 
-        ids, labels, pos = [], [], []
+        ids, labels, pos, bounds = [], [], [], [0]
         for b in batch:
             n = len(b["input_ids"])
             ids += b["input_ids"]
             labels += [-100] + list(b["labels"][1:])
             pos += range(n)
-        return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([pos]), "labels": torch.tensor([labels])}
+            bounds.append(bounds[-1] + n)
+        longest = max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
+        cu = torch.tensor(bounds, dtype=torch.int32)
+        # the boundaries under transformers' own flash-attention names, so no kernel has to find them on the GPU
+        return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([pos]), "labels": torch.tensor([labels]),
+                "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
+
+
+PACKING_KEYS = ("position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
 
 class PadCollator:
@@ -190,7 +199,7 @@ def response_loss(model: Any, head: ResponseOnlyHead, inputs: dict, num_items: A
     head.mask, head.sink = mask, sink
     try:
         # padded batches carry an attention mask; packed rows (PackCollator) position ids instead
-        shape = {k: inputs[k] for k in ("attention_mask", "position_ids") if k in inputs}
+        shape = {k: inputs[k] for k in PACKING_KEYS + ("attention_mask",) if k in inputs}
         out = model(input_ids=inputs["input_ids"], use_cache=False, **shape)
         hidden, head.hidden = head.hidden, None
     finally:
@@ -565,6 +574,8 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     ckpt_dir = cfg.out / "checkpoints"
     packed = device.startswith("cuda") if cfg.padding_free is None else cfg.padding_free
     collate = PackCollator() if packed else PadCollator(tok.pad_token_id)
+    # packed rows: attention inside each example without an [N x N] mask (kernels/attention.py)
+    attn_before = attention.use_for_training(model) if packed else None
     kernel = resolve_loss_kernel(cfg.loss_kernel, device)
     try:
         cap = _per_device_cap(cfg, device, dtype, model, examples, collate, kernel, world)
@@ -598,6 +609,7 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
             raise CotdistillError(f"no space left on device while writing {cfg.out}; free space and re-run with --resume") from e
         raise
     trainer._head.remove()
+    attention.restore(model, attn_before)
     loop_seconds = time.monotonic() - t_loop
     seconds = time.monotonic() - t0
 
@@ -616,6 +628,7 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
         write_provenance(
             cfg.out / "provenance.json", cfg, status="done", data_source=source_name, device=device, dtype=dtype,
             per_device_batch=per_device, grad_accum=accum, world_size=world, padding_free=packed, loss_kernel=kernel,
+            attention=attention.NAME if attn_before is not None else getattr(model.config, "_attn_implementation", None),
             max_length=max_length, n_params=n_params,
             result=result.model_dump(mode="json"),
         )

@@ -1,5 +1,6 @@
 """Padding-free (packed) batches, the per-device batch shape, and two-process data-parallel training."""
 
+import itertools
 import json
 import os
 import socket
@@ -13,6 +14,7 @@ import torch
 from cotdistill import students
 from cotdistill import train as T
 from cotdistill.errors import CotdistillError
+from cotdistill.kernels import attention as A
 from cotdistill.kernels import loss as K
 from cotdistill.testing import make_tiny_gemma3
 
@@ -53,19 +55,45 @@ def test_packed_rows_keep_attention_inside_each_example(tiny_chat_student, arch)
     assert not torch.allclose(alone[1:], leaked[-len(a["input_ids"]) + 1:], atol=1e-3)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_varlen_attention_keeps_each_example_alone_without_a_mask(tiny_chat_student, arch):
+    """kernels/attention.py (the packed-training attention): the packed row's logits for every example equal
+    that example run alone, on the sliding-window layers too (tiny Gemma-3 window 4 < example lengths)."""
+    model, tok = students.load_student(tiny_chat_student, dtype="fp32", device="cpu")
+    if arch == "gemma3":
+        model = make_tiny_gemma3(tok).eval()
+    examples, _, _ = T.tokenize_pairs(tok, PAIRS, 256)
+    alone = [_logits(model, T.PackCollator()([e])) for e in examples]  # the model's own attention, one at a time
+    before = A.use_for_training(model)
+    assert before is not None and model.config._attn_implementation == A.NAME
+    batch = T.PackCollator()(examples)
+    assert batch["cu_seq_lens_q"].tolist() == [0, *itertools.accumulate(len(e["input_ids"]) for e in examples)]
+    with torch.no_grad():
+        packed = model(**{k: batch[k] for k in ("input_ids", *T.PACKING_KEYS)}, use_cache=False).logits[0]
+        derived = _logits(model, batch)  # boundaries read from the position ids alone
+    assert torch.allclose(torch.cat(alone), packed, atol=1e-5)
+    assert torch.allclose(packed, derived, atol=1e-6)
+    A.restore(model, before)
+    assert model.config._attn_implementation == before
+
+
 def test_packed_loss_and_gradient_equal_the_padded_ones(tiny_chat_student):
     model, tok = students.load_student(tiny_chat_student, dtype="fp32", device="cpu")
     examples, _, _ = T.tokenize_pairs(tok, PAIRS, 256)
     head = K.ResponseOnlyHead(model)
     grads = []
-    for collate in (T.PadCollator(tok.pad_token_id), T.PackCollator()):
+    for collate in (T.PadCollator(tok.pad_token_id), T.PackCollator(), "varlen"):
+        if collate == "varlen":  # the packed row through the training attention (kernels/attention.py)
+            A.use_for_training(model)
+            collate = T.PackCollator()
         batch = collate(examples)
         loss = T.response_loss(model, head, batch, None)
         loss.backward()
         grads.append((loss.detach(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
         model.zero_grad()
-    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5)
-    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-5)
+    for loss, grad in grads[1:]:
+        assert torch.allclose(grads[0][0], loss, atol=1e-5)
+        assert torch.allclose(grads[0][1], grad, atol=1e-5)
 
 
 def test_padding_free_training_ends_at_the_padded_loss(tiny_chat_student, tmp_path):
