@@ -22,14 +22,21 @@ GPU machine (`device` tool, see /work/.library/device/README.md): torch, transfo
 there; carry the rest as wheels in an ignored folder `.whl` (pip download --no-deps --only-binary=:all:
 --python-version 3.12 ... -d .whl NAME==VERSION, as the README says), and install them first:
     pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5   (cotdistill)
-    trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 xxhash==4.1.0             (TRL baseline)
-    liger-kernel (latest, py3-none-any)                                                        (--loss-kernel liger)
-    gguf==0.19.0 only with --student FILE.gguf                  (pyarrow, pandas, typer are on the image)
-and carry the data and tokenizer: `.gpu/data` (benchmarks/svamp and cot/SVAMP_ChatGPT_level3_ranked.json.gz
-of the shared data dir) and `.gpu/tokenizer` (`python bench/gpu_bench.py --save-tokenizer .gpu/tokenizer`
-here writes SmolLM2's tokenizer from its GGUF). Then, in one `run`:
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD;
-    COTDISTILL_DATA=.gpu/data PYTHONUNBUFFERED=1 python3 bench/gpu_bench.py --tokenizer .gpu/tokenizer | tee $OUT/gpu_bench.txt
+    math-verify==0.9.0 latex2sympy2_extended==1.11.0 antlr4-python3-runtime==4.13.2          (cotdistill.grade)
+    trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19                            (TRL baseline)
+    liger-kernel==0.8.5                                                                        (--loss-kernel liger)
+    gguf==0.19.0                                                      (--student FILE.gguf; pyarrow, pandas on the image)
+and carry in ignored folders the data (`.gpu/data`: benchmarks/svamp and every cot/*SVAMP* file of the shared
+data dir) and the tokenizer (`.gpu/tokenizer`: `python bench/gpu_bench.py --save-tokenizer .gpu/tokenizer`).
+The real SmolLM2 GGUF (98 MB) is over one call's 64 MiB: `split -b 52000000 -d FILE.gguf .gpu/part`, carry
+part00 in a first call that copies it to /tmp (and may run `--sections train`, which needs no real model), and
+part01 in a second call made at once (the machine stays warm ~30 s), which joins them. Without it, evaluation
+and the cell use the random-init smollm2 shape, whose rows never stop before the cap. Each call begins with
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+and runs, e.g. (2026-11-27, docs/gpu_bench.md: 475 s on an H200)
+    COTDISTILL_DATA=.gpu/data PYTHONUNBUFFERED=1 python3 bench/gpu_bench.py --tokenizer .gpu/tokenizer \
+        --student /tmp/smol.gguf --sections eval generate cell train continuous static --json $OUT/all.json
+Every row is written to --json as it finishes; a row that fails is printed and recorded, and the rest go on.
 """
 
 from __future__ import annotations
@@ -187,6 +194,15 @@ def ours_train(folder: Path, out: Path, a, epochs: float, limit: int | None) -> 
             "attention": prov.get("attention")}
 
 
+def in_child(fn, *args):
+    """fn(*args) in a fresh process: TRL's `use_liger_kernel` patches transformers' model classes for the whole
+    process (Llama's RMSNorm, MLP, rotary), which would leak Liger's kernels into every later row."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
 def trl_train(folder: Path, out: Path, a, examples: list[dict], per_device: int, accum: int, epochs: float,
               attention: str | None = None) -> dict:
     """TRL's SFTTrainer on our tokenised examples (labels -100 on the prompt), the same batch shape, its fast
@@ -287,7 +303,7 @@ def train_section(a, tok, work: Path, peak: float) -> None:
             show("ours", ours)
         if have_trl and ours:
             for who, attn in (("TRL", None), ("TRL+varlen", A.NAME)):  # TRL as shipped; TRL with our attention
-                theirs = guarded(f"{name} {who}", trl_train, folder, work / f"trl-{name}", a, examples,
+                theirs = guarded(f"{name} {who}", in_child, trl_train, folder, work / f"trl-{name}", a, examples,
                                  ours["per_device"], ours["accum"], a.train_epochs, attn)
                 if theirs:
                     show(who, theirs, ours)

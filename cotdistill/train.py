@@ -429,7 +429,7 @@ def _cuda_fits(model: Any, examples: list[dict], collate: Any, dtype: str, kerne
         head = ResponseOnlyHead(model, kernel=kernel)
         peak = None
         try:
-            batch = {k: v.to(device) for k, v in collate(longest[:n]).items()}
+            batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in collate(longest[:n]).items()}
             torch.cuda.reset_peak_memory_stats(device)
             with torch.autocast("cuda", dtype=getattr(torch, dtype), enabled=dtype != "float32"):
                 loss = response_loss(model, head, batch, None)
