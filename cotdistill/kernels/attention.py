@@ -20,6 +20,7 @@ with left padding; `use_for_training` sets it and `restore` puts the model's own
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import sys
@@ -29,13 +30,14 @@ NAME = "cotdistill_varlen"
 _FLASH_FAILED: list[str] = []  # the first error of torch's varlen kernel here: from then on, the exact fallback
 
 
-def _varlen_fn() -> Any | None:
-    """torch's varlen flash attention, or None where this torch has none."""
+@functools.cache
+def _varlen_fn() -> tuple[Any, frozenset] | tuple[None, frozenset]:
+    """torch's varlen flash attention and its parameter names (looked up once), or None where this torch has none."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
-        return None
-    return varlen_attn
+        return None, frozenset()
+    return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
 
 
 def _flash_call(query, key, value, cu, max_len: int, scaling: float, window: int | None):
@@ -46,10 +48,9 @@ def _flash_call(query, key, value, cu, max_len: int, scaling: float, window: int
     """
     import torch
 
-    fn = _varlen_fn()
+    fn, params = _varlen_fn()
     if fn is None:
         return None
-    params = inspect.signature(fn).parameters
     kw: dict[str, Any] = {}
     if "window_size" in params:
         kw["window_size"] = (-1 if window is None else window - 1, 0)
