@@ -7,9 +7,10 @@
    model in its checkpoint dtype), on the same tokenised examples, the same effective batch (64) and
    per-device batch, for three random-init shapes built from configs (throughput needs no trained
    weights): smollm2-135m, gemma3-270m and a 1B Llama (Llama-3.2-1B's shape).
-3. evaluation generated tokens/s on the 300 SVAMP test questions: the hf engine (pruned loop; and
-   transformers' continuous batching, batching=continuous) against plain batched `model.generate`,
-   greedy, max 320 new tokens; answers of the two engine modes compared.
+3. evaluation generated tokens/s on the 300 SVAMP test questions: the hf engine (pruned loop;
+   transformers' continuous batching; static-cache `generate`, compiled on CUDA) against plain batched
+   `model.generate` (and the same with a static cache, compiled), greedy, max 320 new tokens; the
+   extracted answers of every generator compared with the first one's.
 4. one whole SVAMP cell, wall-clock: `train` (3 epochs, ~700 rationales) + `eval` (300 questions),
    model loading included.
 
@@ -376,7 +377,8 @@ class EvalState:
 
 
 def engine_section(a, ev: EvalState, mode: str) -> None:
-    """Our hf engine, batching `mode` (pruned: our decode loop; continuous: transformers' continuous batching)."""
+    """Our hf engine, batching `mode` (pruned: our decode loop; continuous: transformers' continuous batching;
+    static: `generate` over a static cache, compiled on CUDA)."""
     engine = ev.engine
     engine.batching = mode
     engine.generate(ev.requests[:4], max_new_tokens=8)  # warm-up (kernels, graphs)
@@ -453,12 +455,14 @@ def main() -> None:
                                       "smollm2 shape")
     ap.add_argument("--tokenizer", help="tokenizer folder (default: the student's, or the smollm2-135m alias's)")
     ap.add_argument("--save-tokenizer", type=Path, help="write the tokenizer to this folder and exit")
-    ap.add_argument("--sections", nargs="*", default=["train", "eval", "generate", "cell", "continuous", "static"],
-                    choices=["train", "eval", "generate", "cell", "continuous", "static"],
+    ap.add_argument("--sections", nargs="*",
+                    default=["train", "eval", "generate", "cell", "continuous", "static", "engine-static"],
+                    choices=["train", "eval", "generate", "cell", "continuous", "static", "engine-static"],
                     help="what to run, in this order: train (3 shapes, ours vs TRL), eval (our hf engine, pruned "
                          "loop), generate (plain batched generate), cell (one whole SVAMP cell), continuous (our "
                          "engine through transformers' continuous batching), static (generate with a static cache, "
-                         "compiled; CUDA only)")
+                         "compiled; CUDA only), engine-static (our engine, batching=static: the same generate "
+                         "with the answer stop applied)")
     ap.add_argument("--shapes", nargs="*", help="training shapes to run (default: all)")
     ap.add_argument("--rounds", type=int, default=None,
                     help="training rounds per shape, sides in turn (default 2 on a GPU: the first pays Triton's "
@@ -512,12 +516,14 @@ def main() -> None:
             log(f"student: random-init {name} shape (it never stops by itself: every row runs to the cap)")
         ev = None
         for section in a.sections:
-            if section in ("eval", "continuous", "generate", "static") and ev is None:
+            if section in ("eval", "continuous", "generate", "static", "engine-static") and ev is None:
                 ev = guarded("engine load", EvalState, a, student)
             if section == "eval" and ev:
                 guarded("hf engine pruned", engine_section, a, ev, "pruned")
             elif section == "continuous" and ev:
                 guarded("hf engine continuous", engine_section, a, ev, "continuous")
+            elif section == "engine-static" and ev:
+                guarded("hf engine static", engine_section, a, ev, "static")
             elif section == "generate" and ev:
                 guarded("generate", generate_section, a, ev, False)
             elif section == "static" and ev and a.device.startswith("cuda"):

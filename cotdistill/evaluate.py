@@ -52,7 +52,7 @@ class EvalConfig(BaseModel):
     max_new_tokens: int = Field(320, ge=1, description="Longest generation in tokens.")
     batch_size: int = Field(64, ge=1, description="Questions generated together (finished rows leave the batch, so large batches cost little); "
                                                    "engine openai: requests in flight at once.")
-    batching: Literal["auto", "pruned", "continuous"] = Field("auto", description="engine hf: auto/pruned (our greedy loop: finished rows leave the batch), or continuous (transformers' continuous batching, for GPUs).")
+    batching: Literal["auto", "pruned", "continuous", "static"] = Field("auto", description="engine hf: auto/pruned (our greedy loop: finished rows leave the batch), continuous (transformers' continuous batching) or static (`generate` with a static KV cache, compiled on CUDA); the last two for GPUs.")
     beams: int = Field(1, ge=1, description="1 = greedy; >1 = beam search with this many beams.")
     dtype: str = Field("auto", description="auto (fp32 on CPU, measured in docs/numerics.md; bf16 on GPUs that have it), bf16, fp32.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")

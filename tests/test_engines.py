@@ -136,14 +136,16 @@ def test_cli_bad_engine_options_are_one_error_line(flags, message, tmp_path):
     assert not (tmp_path / "e").exists()
 
 
-def test_continuous_batching_gives_the_pruned_loops_answers(varied_student):
-    """transformers' continuous batching (the GPU option) vs our greedy loop: same tokens, same stops."""
+@pytest.mark.parametrize("batching", ["continuous", "static"])
+def test_gpu_batchings_give_the_pruned_loops_answers(varied_student, batching):
+    """transformers' continuous batching and static-cache `generate` (the GPU options) vs our greedy loop:
+    same tokens, same stops (fp32 on a CPU; transformers compiles the static decode step only on CUDA)."""
     from cotdistill.engines.base import Request
 
     questions = ["What is 2 + 3?", "Tom has 4 apples and buys 9 more. How many apples?", "Sam had 5 pens.", "x y z"]
     requests = [Request([{"role": "user", "content": q}]) for q in questions]
     pruned = HFEngine.load(str(varied_student), dtype="fp32", device="cpu")
-    cont = HFEngine(pruned.model, pruned.tokenizer, batching="continuous")
+    cont = HFEngine(pruned.model, pruned.tokenizer, batching=batching)
     for answer_stop in (True, False):
         a = pruned.generate(requests, max_new_tokens=16, answer_stop=answer_stop)
         b = cont.generate(requests, max_new_tokens=16, answer_stop=answer_stop)

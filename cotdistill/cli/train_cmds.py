@@ -98,7 +98,7 @@ def eval_cmd(
     beams: Annotated[Optional[int], typer.Option(help="Beam search width (1 = greedy).")] = None,
     protocol: Annotated[Optional[str], typer.Option(help="How answers are read: lenient (default) or paper (only 'The answer is X').")] = None,
     decoding: Annotated[Optional[str], typer.Option(help="greedy (default) or paper (5 beams, the paper's stops, 640 tokens).")] = None,
-    batching: Annotated[Optional[str], typer.Option(help="--engine hf: auto/pruned (our loop) or continuous (transformers' continuous batching, for GPUs).")] = None,
+    batching: Annotated[Optional[str], typer.Option(help="--engine hf: auto/pruned (our loop), continuous (transformers' continuous batching) or static (generate with a static KV cache, compiled on CUDA); the last two for GPUs.")] = None,
     overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace a different evaluation in --out.")] = None,
     trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow hub model code.")] = None,
     quiet: Annotated[Optional[bool], typer.Option("--quiet", help="No progress bar.")] = None,

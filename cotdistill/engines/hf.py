@@ -25,9 +25,11 @@ from cotdistill.kernels.cache import buffered_layer_class
 from cotdistill.kernels.linear import packed_linears
 
 
-# How greedy/sampled batches are decoded: auto = pruned (our loop; sampling/beams via `generate`), or
-# continuous = transformers' continuous batching (`generate_batch`), for GPUs; beams always use `generate`.
-BATCHINGS = ("auto", "pruned", "continuous")
+# How greedy/sampled batches are decoded: auto = pruned (our loop; sampling/beams via `generate`),
+# continuous = transformers' continuous batching (`generate_batch`), or static = `generate` with a static KV
+# cache, whose decode step transformers compiles on CUDA (CUDA graphs); the last two for GPUs (on one H200
+# plain `generate` so compiled ran 4x our loop's tokens/s, docs/gpu_bench.md). Beams always use `generate`.
+BATCHINGS = ("auto", "pruned", "continuous", "static")
 
 # Only the tail of a generation can newly complete the phrase; 48 tokens cover "The answer is <long number>."
 _ANSWER_TAIL = 48
@@ -239,6 +241,21 @@ def _continuous(model: Any, tokenizer: Any, prompts: list[list[int]], stops: lis
     return news
 
 
+def _static(model: Any, tokenizer: Any, prompts: list[list[int]], stops: list[int], *, max_new_tokens: int,
+            answer_stop: bool, sampling: dict[str, Any]) -> list[list[int]]:
+    """One left-padded `generate` over a static KV cache (one shape per batch: on CUDA transformers compiles
+    the decode step once and replays it). A row runs to its end token; the answer stop is applied afterwards,
+    cutting the tokens where `_greedy_pruned` would have stopped."""
+    width = max(map(len, prompts))
+    ids, mask, _ = _left_pad(prompts, width, tokenizer.pad_token_id, model.device)
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, eos_token_id=stops,
+                         pad_token_id=tokenizer.pad_token_id, cache_implementation="static", **sampling)
+    news = [row[width:].tolist() for row in out]
+    if answer_stop:
+        news = [new[: _stated_at(tokenizer, new) or len(new)] for new in news]
+    return news
+
+
 class _StopOnText:
     """Stop a row once its NEW text contains a stop string (transformers' stop_strings also match
     across the prompt boundary, which the OpenAI protocol does not)."""
@@ -341,7 +358,16 @@ class HFEngine:
         if self.batching == "continuous" and num_beams == 1 and hasattr(model, "generate_batch"):
             return _continuous(model, tok, prompts, self.stops, max_new_tokens=max_new_tokens,
                                answer_stop=answer_stop, temperature=temperature, top_p=top_p, seed=seed)
+        if temperature > 0:
+            sampling: dict[str, Any] = {"do_sample": True, "temperature": temperature, "top_p": top_p}
+        else:
+            sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         with torch.inference_mode():
+            if self.batching == "static" and num_beams == 1 and not stop:
+                if seed is not None:
+                    torch.manual_seed(seed)
+                return _static(model, tok, prompts, self.stops, max_new_tokens=max_new_tokens,
+                               answer_stop=answer_stop, sampling=sampling)
             if (num_beams == 1 and temperature == 0 and not stop and _plain_greedy(model)
                     and getattr(model, "_supports_default_dynamic_cache", lambda: False)()):
                 return _greedy_pruned(model, tok, prompts, self.stops, max_new_tokens=max_new_tokens,
@@ -353,10 +379,6 @@ class HFEngine:
                 criteria.append(_answer_stop_criteria(tok, width))
             if stop:
                 criteria.append(_StopOnText(tok, width, stop))
-            if temperature > 0:
-                sampling: dict[str, Any] = {"do_sample": True, "temperature": temperature, "top_p": top_p}
-            else:
-                sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
             if seed is not None:
                 torch.manual_seed(seed)
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
