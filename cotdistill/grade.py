@@ -10,10 +10,15 @@ released scripts do; ``lenient`` (the default) reads, in this order:
   4. (not math) after the LAST "answer/option/choice" directly followed by an option letter
      ("so Answer D", "Choice E is correct", "option c", "choice (b)");
   5. the last candidate anywhere in the text: last number (number); the final sentence's math
-     (math: the last inline formula outside Asymptote code that is not a lone variable, right of
-     its last "=", else the last number); the last parenthesised capital letter, else an option's
-     text in the last sentence, else the last standalone capital letter (choice); a leading
-     yes/no, else the last true/false/yes/no, "not true" read as False (boolean).
+     (math: in the last sentence with a value -- remarks, questions, Asymptote code and tables
+     skipped -- the value the sentence states: "There are $5$ primes between $30$ and $50$" -> 5,
+     not a bound, an operand, a side clause or a lone variable; a formula by its last row, right of
+     its last "="; numbers in the prose where the sentence has no formula; see _final_math); the
+     last parenthesised capital letter, else an option's text in the last sentence, else the last
+     standalone capital letter (choice); a leading yes/no, else the last true/false/yes/no, "not
+     true" read as False (boolean).
+For math, an "answer is" whose words describe rather than state ("our answer is the number of
+integers between $0$ and $24$", "the answer would be greater than $999$") is passed over.
 Within the text after an anchor we take its first candidate (first number, first letter, ...);
 for numbers only its first sentence, and right of the last "=" there ("The answer is 5 - 3 = 2").
 A self-correction inside that text counts from where it corrects itself ("23 no wait its 46" -> 46).
