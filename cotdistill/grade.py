@@ -88,6 +88,7 @@ _OPTION_TOKEN = re.compile(
 _LETTER_PHRASE = re.compile(r"\b(?i:answer|option|choice)\b(?=\s*[:\-]?\s*(?:\(?[A-E](?![A-Za-z0-9])|\([a-e]\)|[a-e](?=\s*(?:[).:,;!]|$))))")
 # A standalone capital (not notation: 8C3, 30C2, A1, C.I., U.S.).
 _LETTER = re.compile(r"(?<![A-Za-z0-9])(?<![A-Za-z]\.)\(?([A-Z])(?![A-Za-z0-9])(?!\.[A-Za-z])")
+_GLUED_LETTER = re.compile(r"[^\sA-Z]{1,12}([A-E])(?![A-Za-z0-9])")  # a letter glued to the word after the anchor
 _PAREN_LETTER = re.compile(r"\(([A-Z])\)|(?<![A-Za-z0-9])([A-Z])\)")
 _ARTICLE_A = re.compile(r"\s+[a-z]")
 
@@ -172,7 +173,9 @@ def _segments(text: str, kind: str):
     last = None
     for last in _LETTER_PHRASE.finditer(text):
         pass
-    if last is not None and kind == "choice":
+    # "Option D, going for a walk, is not an adaptation. Therefore, ... is A.": a phrase that only
+    # discusses an option is not the answer when an option letter stands after it
+    if last is not None and kind == "choice" and not _letters(text[last.end() :].lstrip(" :-(")[1:], "ABCDE"):
         yield _window(text, last.end())
 
 
@@ -268,6 +271,9 @@ def _from_segment(segment: str, kind: str, choices: dict[str, str] | None) -> st
         lead = _option_letter(segment, valid)  # "The answer is A bank": right after the anchor, A is the option
         if lead:
             return lead
+        glued = _GLUED_LETTER.match(segment)  # "The answer is isD", "The answer istrC"
+        if glued and glued.group(1) in valid:
+            return glued.group(1)
         letters = _letters(segment, valid)
         return letters[0] if letters else _choice_by_text(segment, choices)
     if kind == "boolean":
