@@ -332,7 +332,7 @@ def _strip_unit(ans: str) -> str:
     return m.group(1) if m else ans
 
 
-_ANSWER_TAG = re.compile(r"</?\s*answer\s*>", re.I)
+_ANSWER_TAG = re.compile(r"</?\s*answer\s*>|</?[A-Z][A-Za-z ]{0,30}>", re.I)  # "<answer>5", "36405</Solution Path>"
 _COMMENT = re.compile(r"\s+\((?=[^()]*[A-Za-z]{3})[^()]*\)\s*$")  # a bracketed remark in words after the answer
 
 
@@ -418,11 +418,14 @@ def _formula_spans(text: str) -> list[tuple[int, int, int, int]]:
     right: text[start:end] is its content, text[open:close] with its delimiters. Linear (a delimiter
     type with no closer left is never searched for again). A "$" before a number is a currency sign,
     not a delimiter, when its "formula" runs over the end of a sentence ("be $100.\\n2. The stock")
-    or ends in a space or right before a number ("$50 - $45 = $5")."""
+    or ends in a space or right before a number ("$50 - $45 = $5"). A "$" left open in the last 200
+    characters (not before a number: that is currency) runs to the end."""
     out, pos, dead = [], 0, set()
     while (m := _OPEN.search(text, pos)) is not None:
         opener = m.group()
         end = -1 if opener in dead else text.find(_closer(opener), m.end())
+        if end < 0 and opener == "$" and len(text) - m.end() <= 200 and not text[m.end() : m.end() + 1].isdigit():
+            end = len(text)  # "which gives us $x = \\frac{25}{125} = 0.2.": the last formula left open at the end
         if end < 0:
             dead.add(opener)
             pos = m.end()

@@ -130,6 +130,9 @@ PLAIN_TEXT = [
     # math/chatgpt/level3 315: "$" as a currency sign, not a formula delimiter
     ("3. Determine the savings by using Promotion A over Promotion B: $50 - $45 = $5.\n\nConclusion: You save $5 by "
      "choosing Promotion A over Promotion B.", "5"),
+    # math/chatgpt/level6 155 (escape-damaged "\\frac" as in the file): the last formula is left open
+    ("5. Simplify to find x: $125 - 125x = 100$. \n6. Solve for x: $125x = 25$ which gives us $x = \x0crac{25}{125} = "
+     "0.2.", "0.2"),
     # math/chatgpt/level4 50: "be $100.\n2. The stock ..." is currency too
     ("1. Let the initial stock value be $100.\n2. The stock decreases by $20\\%$ on the first day: $100 - 0.20 \\times "
      "100 = 100 - 20 = 80$.\n5. Therefore, the overall percent increase in Bill's stock is: $\\frac{4}{100} \\times "
@@ -149,6 +152,8 @@ def test_plain_text_and_currency(text, expected):
     ("The answer is 20\\\\!:\\\\!34", "20\\!:\\!34"),  # math/gemini/level2 1277: "\\!" escaped twice
     ("The answer is <answer>5", "5"),  # math/chatgpt/level4 1059: a template tag left in
     ("The answer is 7 (correct calculation adjustment).\n", "7"),  # math/chatgpt/level1 148: a comment after it
+    # math/chatgpt/level3 827: a closing tag after it
+    ("Finally, round to the nearest thousandth:The answer is 0.155</Solution Path>", ".155"),
 ])
 def test_math_normalisation(text, gold):
     assert grade(text, gold, "math").correct
