@@ -88,7 +88,8 @@ _OPTION_TOKEN = re.compile(
 _LETTER_PHRASE = re.compile(r"\b(?i:answer|option|choice)\b(?=\s*[:\-]?\s*(?:\(?[A-E](?![A-Za-z0-9])|\([a-e]\)|[a-e](?=\s*(?:[).:,;!]|$))))")
 # A standalone capital (not notation: 8C3, 30C2, A1, C.I., U.S.).
 _LETTER = re.compile(r"(?<![A-Za-z0-9])(?<![A-Za-z]\.)\(?([A-Z])(?![A-Za-z0-9])(?!\.[A-Za-z])")
-_GLUED_LETTER = re.compile(r"[^\sA-Z]{1,12}([A-E])(?![A-Za-z0-9])")  # a letter glued to the word after the anchor
+# a letter glued to the word after the anchor ("isD", "istrC", "istrueisA"), not to a number ("3D")
+_GLUED_LETTER = re.compile(r"[^\sA-Z]{0,11}[a-z\u0080-\uffff]([A-E])(?![A-Za-z0-9])")
 _PAREN_LETTER = re.compile(r"\(([A-Z])\)|(?<![A-Za-z0-9])([A-Z])\)")
 _ARTICLE_A = re.compile(r"\s+[a-z]")
 
