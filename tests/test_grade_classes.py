@@ -82,6 +82,16 @@ AQUA_8C3 = {"A": "65", "B": "62", "C": "61", "D": "56", "E": "58"}
     ("all the options except option b) 4!+1 are multiples of 3!+4", None, "B"),
     # cot/aqua_gemini_level1: "Choice E is correct."
     ("-57 represents a $57,000 advantage in favor of Store B. Choice E is correct.", None, "E"),
+    # aqua/gemini/level1 row 264 and obqa/llama/level3 row 3814, obqa/llama/level2 row 575: a letter glued to the
+    # word after the anchor
+    ("1.14 * 0.75 * x = 54 \n 0.855 * x = 54 \n x = 54 / 0.855 \n x = 63.4\nThe answer is isC", None, "C"),
+    ("places at low elevations would suffer heavily during floods causing damage both physically and economically "
+     "The answer istrC", None, "C"),
+    ("hence increasing their susceptibility for floods.The answer istrueisA", None, "A"),
+    # obqa/gemini/level4 row 198: options discussed ("Option D, going for a walk, ..."), then the letter chosen
+    ("Option C, having a drink of water, addresses immediate thirst, but it's not a long-term adaptation strategy. "
+     "Option D, going for a walk, is a choice of activity, not an adaptation. Therefore, the most accurate example of "
+     "adapting to survive is A.", None, "A"),
 ])
 def test_choice_letters(text, choices, expected):
     assert extract_answer(text, "choice", choices)[0] == expected
@@ -92,8 +102,9 @@ def test_aqua_training_golds_rederived(data_dir):
 
     aqua = {e.id: e for e in load_benchmark("aqua", "train", data_dir)}
     # each was C (from "8C3", "(30C2)", "C.I.") or a wrong fallback before; the new letter is the worked result
+    # 2566: the answer-only output discusses "Answer E: ... ELIMINATE E." and ends with its letter "B"
     want = {"1589": "A", "1630": "A", "2504": "D", "2799": "D", "4769": "A", "5246": "E", "6086": "C", "6319": "E",
-            "6330": "B"}
+            "6330": "B", "2566": "B"}
     assert {k: aqua[f"aqua/train/{k}"].gold for k in want} == want
     assert aqua["aqua/train/6086"].choices["C"] == "110 miles"
 
