@@ -300,18 +300,22 @@ def train_section(a, tok, work: Path, peak: float) -> None:
 
         # Rounds, each side in turn: Triton compiles a kernel variant the first time a process meets its shapes
         # and caches it on disk, so whoever runs first pays every compile inside its timed steps (the first
-        # H200 run, one round, had ours first). The last round is the comparison; every round is recorded.
+        # H200 run, one round, had ours first). Earlier rounds are warm-ups on the first 256 examples
+        # (4 steps: every side meets its kernels); the last round, on all examples, is the comparison.
         for rnd in range(1, a.rounds + 1):
-            ours = guarded(f"{name} ours", ours_train, folder, work / f"ours-{name}", a, a.train_epochs, a.limit)
+            last = rnd == a.rounds
+            n = None if last else a.warmup_examples
+            limit = a.limit if last else min(a.limit or n, n)
+            ours = guarded(f"{name} ours", ours_train, folder, work / f"ours-{name}", a, a.train_epochs, limit)
             free()
             if ours:
-                show(f"ours r{rnd}", ours | {"round": rnd})
+                show(f"ours r{rnd}", ours | {"round": rnd, "warmup": not last})
             if have_trl and ours:
                 for who, attn in (("TRL", None), ("TRL+varlen", A.NAME)):  # TRL as shipped; with our attention
-                    theirs = guarded(f"{name} {who}", in_child, trl_train, folder, work / f"trl-{name}", a, examples,
-                                     ours["per_device"], ours["accum"], a.train_epochs, attn)
+                    theirs = guarded(f"{name} {who}", in_child, trl_train, folder, work / f"trl-{name}", a,
+                                     examples[:limit], ours["per_device"], ours["accum"], a.train_epochs, attn)
                     if theirs:
-                        show(f"{who} r{rnd}", theirs | {"round": rnd}, ours)
+                        show(f"{who} r{rnd}", theirs | {"round": rnd, "warmup": not last}, ours)
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(work / f"ours-{name}", ignore_errors=True)
         shutil.rmtree(work / f"trl-{name}", ignore_errors=True)
@@ -465,8 +469,8 @@ def main() -> None:
                          "with the answer stop applied)")
     ap.add_argument("--shapes", nargs="*", help="training shapes to run (default: all)")
     ap.add_argument("--rounds", type=int, default=None,
-                    help="training rounds per shape, sides in turn (default 2 on a GPU: the first pays Triton's "
-                         "compiles; 1 with --tiny)")
+                    help="training rounds per shape, sides in turn (default 2 on a GPU: a warm-up on 256 examples "
+                         "that pays Triton's compiles, then the timed one; 1 with --tiny)")
     ap.add_argument("--json", type=Path, help="write every figure here as JSON, after each row")
     a = ap.parse_args()
     global JSON_PATH
@@ -483,6 +487,7 @@ def main() -> None:
     a.max_new, a.generate_batch = (8, 4) if a.tiny else (320, 64)
     a.max_length = 128 if a.tiny else None
     a.rounds = a.rounds or (1 if a.tiny else 2)
+    a.warmup_examples = 4 if a.tiny else 256
     if a.tokenizer and not (Path(a.tokenizer) / "config.json").exists():  # a tokenizer folder (--save-tokenizer)
         from transformers import AutoTokenizer
 
