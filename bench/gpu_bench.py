@@ -371,13 +371,43 @@ class EvalState:
         log(f"   engine load {time.perf_counter() - t0:.1f} s, dtype {next(self.engine.model.parameters()).dtype}")
         self.prompts = [self.engine.encode(r.messages) for r in self.requests]
         self.answers: dict[str, list] = {}
+        self.texts: dict[str, list[str]] = {}
 
     def agreement(self) -> None:
+        """Answers of every generator against the first one's; where they differ, whether the two texts part
+        at a floating-point tie (the issue: "identical ... floating-point ties aside; count them")."""
         names = list(self.answers)
         for x in names[1:]:
             same = sum(p == q for p, q in zip(self.answers[names[0]], self.answers[x]))
-            log(f"   extracted answers {names[0]} vs {x}: identical on {same}/{len(self.qs)}")
-            record(section="eval-agreement", a=names[0], b=x, identical=same, questions=len(self.qs))
+            differ = [i for i, (p, q) in enumerate(zip(self.answers[names[0]], self.answers[x])) if p != q]
+            ties = sum(parts_at_a_tie(self.engine.model, self.engine.tokenizer, self.prompts[i],
+                                      self.texts[names[0]][i], self.texts[x][i]) for i in differ)
+            log(f"   extracted answers {names[0]} vs {x}: identical on {same}/{len(self.qs)}; of the {len(differ)} "
+                f"that differ, {ties} part at a near-tie (top-2 logits within 2 {self.dtype} steps)")
+            record(section="eval-agreement", a=names[0], b=x, identical=same, questions=len(self.qs),
+                   differ=len(differ), near_ties=ties)
+
+    @property
+    def dtype(self) -> str:
+        return str(next(self.engine.model.parameters()).dtype).replace("torch.", "")
+
+
+def parts_at_a_tie(model, tok, prompt: list[int], a: str, b: str) -> bool:
+    """Whether texts a and b (two greedy generations of one prompt) first differ where the model's two best
+    next tokens after the common part are within 2 steps of its dtype's rounding: a tie greedy decoding breaks
+    by the arithmetic's order. The texts are re-tokenised (decode then encode may split differently)."""
+    import torch
+
+    ta = tok(a, add_special_tokens=False)["input_ids"]
+    tb = tok(b, add_special_tokens=False)["input_ids"]
+    k = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
+    ids = torch.tensor([prompt + ta[:k]], device=model.device)
+    with torch.inference_mode():
+        logits = model(input_ids=ids).logits[0, -1].float()
+    top = logits.topk(2).values
+    finfo = torch.finfo(next(model.parameters()).dtype)
+    step = top[0].abs().clamp(min=finfo.tiny) * finfo.eps  # one unit of rounding at the top logit's size
+    return bool(top[0] - top[1] <= 2 * step)
 
 
 def engine_section(a, ev: EvalState, mode: str) -> None:
@@ -391,6 +421,7 @@ def engine_section(a, ev: EvalState, mode: str) -> None:
     dt = time.perf_counter() - t0
     n = sum(c.completion_tokens for c in done)
     ev.answers[f"hf-{mode}"] = _answers([c.text for c in done])
+    ev.texts[f"hf-{mode}"] = [c.text for c in done]
     log(f"hf engine {mode:10s}: {n / dt:>10,.0f} generated tok/s  ({n} tokens, {dt:.1f} s)")
     record(section="eval", who=f"hf-{mode}", tokens=n, seconds=round(dt, 2), tokens_per_s=round(n / dt, 1),
            questions=len(ev.qs))
@@ -407,6 +438,7 @@ def generate_section(a, ev: EvalState, static: bool) -> None:
     warm = time.perf_counter() - t0
     n, dt, texts = plain_generate(model, tok, ev.prompts, a.max_new, batch, **gen)
     ev.answers[who] = _answers(texts)
+    ev.texts[who] = texts
     log(f"{who} (batch {batch}): {n / dt:>10,.0f} generated tok/s  ({n} tokens, {dt:.1f} s, warm-up {warm:.1f} s;"
         " no answer stop: rows run to their end token)")
     record(section="eval", who=who, batch=batch, tokens=n, seconds=round(dt, 2), tokens_per_s=round(n / dt, 1),
