@@ -310,3 +310,43 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def trl_train_run(a, extra_callbacks=(), mark=lambda s: None, save_steps: int | None = None) -> dict:
+    """TRL's SFTTrainer: completion-only loss (our prompt-masked labels), padding-free, bf16 where native."""
+    import pyarrow as pa
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+    from trl import SFTConfig, SFTTrainer
+
+    from cotdistill import students
+    from cotdistill import train as T
+
+    folder = students.resolve_student(a.student)
+    dtype = students.resolve_dtype(a.dtype, "cpu")
+    tok = students.load_tokenizer(folder)
+    pairs, _ = T.load_pairs(a.data, None, a.n)
+    examples = T.tokenize_pairs(tok, pairs, 2048)[0]
+    out = tempfile.mkdtemp(prefix="bench-trl-")
+    per_device, accum = T.batch_shape(a.batch_size, 1, 8, None)
+    steps = -(-len(examples) // (per_device * accum))
+    args = SFTConfig(output_dir=out, num_train_epochs=a.epochs, learning_rate=5e-5, lr_scheduler_type="cosine",
+                     per_device_train_batch_size=per_device, gradient_accumulation_steps=accum, seed=100,
+                     bf16=dtype == "bfloat16", use_cpu=True, padding_free=True, max_length=None,
+                     save_strategy="steps", save_steps=save_steps or max(1, -(-steps // 10)), save_total_limit=1,
+                     report_to="none", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
+                     dataset_kwargs={"skip_prepare_dataset": True})
+    rows = [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples]
+    data = Dataset(InMemoryTable(pa.Table.from_pylist(rows)), fingerprint="bench-trl")
+    mark("trl init")
+    trainer = SFTTrainer(model=folder, args=args, train_dataset=data, processing_class=tok,
+                         callbacks=list(extra_callbacks))
+    mark("trl ready")
+    t0 = time.monotonic()
+    output = trainer.train()
+    seconds = time.monotonic() - t0
+    shutil.rmtree(out, ignore_errors=True)
+    tokens = sum(len(e["input_ids"]) for e in examples) * a.epochs
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+            "trainer_mean_loss": output.training_loss, "steps": trainer.state.global_step,
+            "weights": str(next(trainer.model.parameters()).dtype)}

@@ -174,6 +174,36 @@ def test_gradient_checkpointing_and_random_order_train(tiny_chat_student, tmp_pa
     assert ckpt.final_loss == pytest.approx(plain.final_loss, rel=1e-4)
 
 
+def test_row_slices_keep_every_row_once_within_the_budget():
+    lengths = [5, 9, 3, 9, 7]
+    width = max(lengths)
+    ids = torch.tensor([[10 * r + c + 1 if c < n else 0 for c in range(width)] for r, n in enumerate(lengths)])
+    mask = (ids != 0).long()
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.where(mask == 1, ids, -100)}
+    assert T.row_slices(batch, 45) == [batch]  # fits: left whole
+    parts = T.row_slices(batch, 18)
+    assert [p["input_ids"].shape for p in parts] == [(2, 9), (2, 7), (1, 3)]  # longest first, cut to own width
+    rows = sorted(tuple(r[m == 1].tolist()) for p in parts for r, m in zip(p["input_ids"], p["attention_mask"]))
+    assert rows == sorted(tuple(r[m == 1].tolist()) for r, m in zip(ids, mask))
+    for p in parts:
+        assert torch.equal(p["labels"], torch.where(p["attention_mask"] == 1, p["input_ids"], -100))
+    assert [p["input_ids"].shape[0] for p in T.row_slices(batch, 4)] == [1] * 5  # rows wider than the budget go alone
+
+
+def test_row_slices_train_the_same_weights_as_whole_batches(tiny_chat_student, tmp_path):
+    """Forwards capped at a few positions (one row each) end at the weights of whole padded batches."""
+    from transformers import AutoModelForCausalLM
+
+    whole = T.train(_cfg(tiny_chat_student, tmp_path / "whole", max_forward_tokens=10**6, save_steps=2))
+    sliced = T.train(_cfg(tiny_chat_student, tmp_path / "sliced", max_forward_tokens=40, save_steps=2))
+    assert sliced.train_loss == pytest.approx(whole.train_loss, rel=1e-5) and sliced.tokens == whole.tokens
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "whole").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "sliced").state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert any((a[k] - AutoModelForCausalLM.from_pretrained(tiny_chat_student).state_dict()[k]).abs().max() > 1e-4
+               for k in a)  # and training did move them
+
+
 def test_train_save_load_and_idempotence(tiny_chat_student, tmp_path):
     from transformers import AutoModelForCausalLM
 
