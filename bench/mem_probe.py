@@ -4,6 +4,8 @@ Each side runs in its own process (this script re-invokes itself); a thread read
 Trainer callbacks mark phases (step begin/end, optimizer step, save). Prints the peak, the phase it fell
 in, and the RSS at each event. Usage (TRL needs PYTHONPATH=$PWD:/tmp/trlsite):
     python bench/mem_probe.py --side ours --dtype bf16 --n 32 --batch-size 8
+Found with it (issue 15): the peak fell in the backward of the first, longest length-grouped batch
+(8 x 414 padded positions); see bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def status_kib(field: str) -> int:
@@ -142,6 +145,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--seed", type=int, default=100)
     ap.add_argument("--save-steps", type=int, default=None)
     ap.add_argument("--max-forward-tokens", type=int, default=None)
     a = ap.parse_args()
@@ -156,16 +160,25 @@ def main() -> None:
         run_ours(a, s)
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from bench_train import trl_train_run
+        from bench_train import worker_trl
 
-        print(trl_train_run(a, mark=s.mark), file=sys.stderr)
+        from cotdistill.students import resolve_dtype
+
+        print(worker_trl(a, resolve_dtype(a.dtype, "cpu")), file=sys.stderr)
     s.stop = True
     time.sleep(0.05)
     for ph, (rss, inuse, arena, file) in s.phase_peaks.items():
         print(f"  {ph:32s} peak RSS {rss >> 10:6d} MiB  malloc in use {inuse:6d}  heap arena {arena:6d}  file {file:5d}",
               file=sys.stderr)
-    print(json.dumps({"side": a.side, "peak_mib": s.peak // 1024, "peak_phase": s.peak_phase,
-                      "vmhwm_mib": status_kib("VmHWM") // 1024, "events": s.events}))
+    from benchlib import machine, now, write_raw
+
+    res = {"kind": "memprobe", "command": " ".join(["python", "bench/mem_probe.py", *sys.argv[1:]]),
+           "machine": machine(), "ended": now(), "args": vars(a), "side": a.side, "peak_mib": s.peak // 1024,
+           "peak_phase": s.peak_phase, "vmhwm_mib": status_kib("VmHWM") // 1024, "events": s.events,
+           "phases": [{"phase": ph, "rss_mib": rss >> 10, "malloc_in_use_mib": inuse, "heap_arena_mib": arena,
+                       "file_mib": file} for ph, (rss, inuse, arena, file) in s.phase_peaks.items()]}
+    print(f"raw: {write_raw('memprobe', res)}", file=sys.stderr)
+    print(json.dumps({k: res[k] for k in ("side", "peak_mib", "peak_phase", "vmhwm_mib")}))
 
 
 if __name__ == "__main__":

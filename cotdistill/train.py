@@ -193,6 +193,10 @@ def response_loss(model: Any, head: ResponseOnlyHead, inputs: dict, num_items: A
     try:
         # padded batches carry an attention mask; packed rows (PackCollator) position ids instead
         shape = {k: inputs[k] for k in ("attention_mask", "position_ids") if k in inputs}
+        if "attention_mask" in shape and _right_padded_on_cpu(shape["attention_mask"]):
+            # Causal attention: padding only at the end of each row is never attended by a real token, so the
+            # mask changes nothing that is scored; without it SDPA runs its causal kernel (~8 % of a bf16 step).
+            del shape["attention_mask"]
         out = model(input_ids=inputs["input_ids"], use_cache=False, **shape)
         hidden, head.hidden = head.hidden, None
     finally:
@@ -237,6 +241,11 @@ def row_slices(inputs: dict, max_positions: int) -> list[dict]:
         slices.append({k: (v[g, :width] if k in ("input_ids", "attention_mask", "labels") else v)
                        for k, v in inputs.items()})
     return slices
+
+
+def _right_padded_on_cpu(mask: Any) -> bool:
+    """A CPU batch whose padding is only at the end of each row (as PadCollator makes it)."""
+    return mask.device.type == "cpu" and bool((mask[:, 1:] <= mask[:, :-1]).all())
 
 
 def _make_trainer_class():

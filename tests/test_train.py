@@ -190,6 +190,12 @@ def test_row_slices_keep_every_row_once_within_the_budget():
     assert [p["input_ids"].shape[0] for p in T.row_slices(batch, 4)] == [1] * 5  # rows wider than the budget go alone
 
 
+def test_only_a_right_padded_cpu_batch_drops_its_attention_mask():
+    right = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    assert T._right_padded_on_cpu(right) and T._right_padded_on_cpu(torch.ones(2, 3, dtype=torch.long))
+    assert not T._right_padded_on_cpu(right.flip(1))  # left padding: a real token would attend to a pad
+
+
 def test_row_slices_train_the_same_weights_as_whole_batches(tiny_chat_student, tmp_path):
     """Forwards capped at a few positions (one row each) end at the weights of whole padded batches."""
     from transformers import AutoModelForCausalLM
