@@ -30,7 +30,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import machine, matmul_peak_gflops, now, peak_rss_mib, run_worker, spread, write_raw  # noqa: E402
+from benchlib import machine, matmul_peak_gflops, now, paired, peak_rss_mib, run_worker, spread, write_raw  # noqa: E402
 
 # ----------------------------------------------------------------------------- workers (each its own process)
 
@@ -167,9 +167,7 @@ def summarize(res: dict) -> list[str]:
             lines.append(f"cap {cap:4d} {side:9s} {s['median']:7.1f} s [{s['min']:.1f}-{s['max']:.1f}]  "
                          f"{spread([r['tokens_per_s'] for r in mine])['median']:6.1f} tokens/s")
         for peer in res["sides"][1:]:
-            ratios = [p["seconds"] / o["seconds"] for o in runs if o["side"] == "ours" for p in runs
-                      if p["side"] == peer and p["round"] == o["round"]]
-            s = spread(ratios)
+            s = spread([p["seconds"] / o["seconds"] for o, p in paired(runs, peer)])
             same = res["agreement"][str(cap)].get(peer)
             lines.append(f"cap {cap:4d} ours vs {peer:9s} {s['median']:.2f}x [{s['min']:.2f}-{s['max']:.2f}]; "
                          f"same answer {same['same_answer']}/{same['n']}, same text {same['same_text']}/{same['n']}")
@@ -179,7 +177,7 @@ def summarize(res: dict) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--student", default="smollm2-135m")
-    ap.add_argument("--n", type=int, default=32, help="SVAMP test questions (the first N)")
+    ap.add_argument("--n", type=int, default=64, help="SVAMP test questions (the first N; 64 = one batch of `cotdistill eval`)")
     ap.add_argument("--batch", type=int, default=64, help="rows per batch (`cotdistill eval`'s default 64)")
     ap.add_argument("--caps", default="320,64", help="max new tokens, comma-separated")
     ap.add_argument("--rounds", type=int, default=3)

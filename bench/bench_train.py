@@ -39,7 +39,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import machine, matmul_peak_gflops, now, peak_rss_mib, run_worker, spread, write_raw  # noqa: E402
+from benchlib import machine, matmul_peak_gflops, now, paired, peak_rss_mib, run_worker, spread, write_raw  # noqa: E402
 
 SIDES = ("ours", "trl", "trl_nockpt", "naive")
 
@@ -208,8 +208,7 @@ def summarize(res: dict) -> list[str]:
             lines.append(f"{dtype:9s} {side:11s} tokens/s {tps['median']:7.1f} [{tps['min']:.1f}-{tps['max']:.1f}]  "
                          f"peak RSS {rss['median']:6.0f} MiB [{rss['min']:.0f}-{rss['max']:.0f}]")
         for peer in res["sides"][1:]:
-            pairs = [(o, p) for o in runs if o["side"] == "ours" for p in runs
-                     if p["side"] == peer and p["round"] == o["round"]]
+            pairs = paired(runs, peer)
             sp = spread([o["tokens_per_s"] / p["tokens_per_s"] for o, p in pairs])
             mem = spread([o["peak_rss_mib"] / p["peak_rss_mib"] for o, p in pairs])
             lines.append(f"{dtype:9s} ours/{peer:11s} speed {sp['median']:.2f}x [{sp['min']:.2f}-{sp['max']:.2f}]  "
@@ -221,7 +220,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--student", default="smollm2-135m")
     ap.add_argument("--data", default="svamp/chatgpt/level1")
-    ap.add_argument("--n", type=int, default=24, help="training examples (the first N)")
+    ap.add_argument("--n", type=int, default=16, help="training examples (the first N)")
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--batch-size", type=int, default=8, help="effective batch (per-device 8 on a CPU)")
     ap.add_argument("--seed", type=int, default=100)

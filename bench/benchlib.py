@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = ROOT / "runs" / "bench"
+RUNS = Path(os.environ.get("COTDISTILL_BENCH_RUNS", ROOT / "runs" / "bench"))  # where raw JSON goes
 # CPU flags that decide which numerics run natively (bf16 emulated without avx512_bf16/amx_bf16)
 KEY_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
@@ -69,6 +69,11 @@ def run_worker(script: str, args: list[str]) -> dict:
 def spread(values: list[float]) -> dict:
     """Median and range (not the best of either side)."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def paired(runs: list[dict], peer: str) -> list[tuple[dict, dict]]:
+    """(ours, peer) runs of the same round: ratios are taken within a round, never across."""
+    return [(o, p) for o in runs if o["side"] == "ours" for p in runs if p["side"] == peer and p["round"] == o["round"]]
 
 
 def now() -> str:

@@ -18,9 +18,11 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-RAW = HERE / "raw"
-RUNS = HERE.parent / "runs" / "bench"
 sys.path.insert(0, str(HERE))
+
+from benchlib import RUNS, paired  # noqa: E402
+
+RAW = HERE / "raw"
 
 COMMANDS = """\
     python bench/bench_train.py --rounds 3     # ~9 min: ours vs TRL, bf16 (where native) and fp32
@@ -28,23 +30,23 @@ COMMANDS = """\
     python bench/make_results.py               # this file, from runs/bench/*.json"""
 
 
-def newest(kind: str) -> Path | None:
-    found = sorted(RUNS.glob(f"{kind}-*.json")) or sorted(RAW.glob(f"{kind}-*.json"))
+def newest(kind: str, raw: Path) -> Path | None:
+    found = sorted(RUNS.glob(f"{kind}-*.json")) or sorted(raw.glob(f"{kind}-*.json"))
     return found[-1] if found else None
 
 
-def keep(paths: list[Path], kind: str) -> list[dict]:
-    """Copy the files used into bench/raw/ (dropping older files of that kind) and load them."""
-    RAW.mkdir(exist_ok=True)
+def keep(paths: list[Path], kind: str, raw: Path) -> list[dict]:
+    """Copy the files used into `raw` (dropping older files of that kind) and load them."""
+    raw.mkdir(parents=True, exist_ok=True)
     chosen = {p.name for p in paths}
-    for old in RAW.glob(f"{kind}-*.json"):
+    for old in raw.glob(f"{kind}-*.json"):
         if old.name not in chosen:
             old.unlink()
     out = []
     for p in paths:
-        if p.resolve() != (RAW / p.name).resolve():
-            shutil.copy(p, RAW / p.name)
-        out.append(json.loads((RAW / p.name).read_text()))
+        if p.resolve() != (raw / p.name).resolve():
+            shutil.copy(p, raw / p.name)
+        out.append(json.loads((raw / p.name).read_text()))
     return out
 
 
@@ -105,8 +107,7 @@ def train_section(r: dict) -> list[str]:
             "| numerics | peer | speed | target | peak RSS | target |", "|---|---|---|---|---|---|"]
     for dtype in r["dtypes"]:
         for peer in r["sides"][1:]:
-            pairs = [(o, p) for o in runs if o["side"] == "ours" and o["dtype"] == dtype for p in runs
-                     if p["side"] == peer and p["dtype"] == dtype and p["round"] == o["round"]]
+            pairs = paired([x for x in runs if x["dtype"] == dtype], peer)
             speed, mem = TARGETS.get(peer, ("", ""))
             out.append(f"| {dtype} | {NAMES[peer]} | **{fmt([o['tokens_per_s'] / p['tokens_per_s'] for o, p in pairs], 2, '×')}** | "
                        f"{speed} | **{fmt([o['peak_rss_mib'] / p['peak_rss_mib'] for o, p in pairs], 2, '×')}** | {mem} |")
@@ -144,8 +145,7 @@ def eval_section(r: dict) -> list[str]:
     for cap in r["caps"]:
         runs = [x for x in r["runs"] if x["cap"] == cap]
         for peer, agree in r["agreement"][str(cap)].items():
-            ratios = [p["seconds"] / o["seconds"] for o in runs if o["side"] == "ours" for p in runs
-                      if p["side"] == peer and p["round"] == o["round"]]
+            ratios = [p["seconds"] / o["seconds"] for o, p in paired(runs, peer)]
             target = {320: "≥ 4×", 64: "≥ 2×"}.get(cap, "") if peer == "generate" else ""
             out.append(f"| {cap} | {NAMES[peer]} | **{fmt(ratios, 2, '×')}** | {target} | "
                        f"{agree['same_answer']}/{agree['n']} | {agree['same_text']}/{agree['n']} |")
@@ -165,48 +165,69 @@ def memprobe_section(probes: list[dict]) -> list[str]:
         return []
     out = ["## Where the training peak goes (`bench/mem_probe.py`)", "",
            f"Machine: {machine_line(probes[0]['machine'])}.", "",
-           "A thread reads VmRSS every 20 ms while the run trains and records, per phase (marked by Trainer "
-           "callbacks and forward hooks), the highest RSS and glibc's bytes in use and heap size at that moment. "
-           "Memory figures do not depend on CPU load.", "",
-           "| command | peak RSS MiB | peak fell in | largest forward (rows × width) |", "|---|---|---|---|"]
+           "One run per line, each its own process, the first 32 examples of `svamp/chatgpt/level1`, batch 8 (4 "
+           "steps). A thread reads VmRSS every 20 ms and records, per phase (marked by Trainer callbacks and forward "
+           "hooks), the highest RSS with glibc's bytes in use and heap size at that moment. Memory figures do not "
+           "depend on CPU load. `--max-forward-tokens 1000000` is ours with whole padded batches (before this change).",
+           "", "| command | peak RSS MiB | vs TRL, same numerics | glibc in use / heap at the peak, MiB | peak fell in | largest forward (rows × width) |",
+           "|---|---|---|---|---|---|"]
+    trl = {p["args"]["dtype"]: p["vmhwm_mib"] for p in probes if p["side"] == "trl"}
     for p in probes:
         shapes = [tuple(map(int, re.findall(r"\d+", x["phase"]))) for x in p["phases"] if x["phase"].startswith("fwd (")]
         rows, width = max(shapes, key=lambda s: s[0] * s[1], default=(0, 0))
-        out.append(f"| `{p['command']}` | {p['vmhwm_mib']} | {p['peak_phase']} | {rows} × {width} |")
+        at = max(p["phases"], key=lambda x: x["rss_mib"])
+        ratio = f"{p['vmhwm_mib'] / trl[p['args']['dtype']]:.2f}×" if p["args"]["dtype"] in trl else ""
+        out.append(f"| `{p['command']}` | {p['vmhwm_mib']} | {ratio} | {at['malloc_in_use_mib']} / "
+                   f"{at['heap_arena_mib']} | {p['peak_phase']} | {rows} × {width} |")
     return out
 
 
 NOTES = """\
 ## Reading
 
-**Memory.** Both sides hold the same fixed state: fp32 weights, their gradients and two Adam moments (SmolLM2-135M:
-4 × 513 MiB), plus ~0.5 GiB of libraries and runtime. What differed was activations. `cotdistill train` groups
-examples by length, and the Trainer's length-grouped sampler puts the longest batch first: with the first 32
-`svamp/chatgpt/level1` examples that batch was 8 rows padded to 414 tokens (3312 positions) in one forward, and its
-backward set the peak (4850 MiB in bf16, vs TRL's 4025: 1.20×). TRL recomputes activations (gradient checkpointing
-is its default) and packs a random batch into one row (925–1263 tokens here). Now a padded batch wider than 512
-positions runs as row slices, each forward and backward alone, its loss divided by the whole batch's response-token
-count (`cotdistill/train.py: row_slices`, `ResponseOnlyTrainer.training_step`), so the gradients are those of the
-whole batch (`tests/test_train.py` checks the weights after training against whole batches). Slicing also trims
-padding (each slice is cut to its own longest row). 512 costs no speed (ad hoc, 8 × 170-token rows forward+backward:
-4.3–5.2 s sliced vs 4.7–5.1 s whole in bf16, 6.6–7.5 vs 6.8–8.5 in fp32); 256 (one row per forward) cost ~30 %.
-Not the peak, measured and ruled out: checkpoint saving (RSS during saves below the step's), tokenising (< 10 MiB),
-the GGUF conversion (1181 MiB peak in a first run, below training's; nothing of it stays referenced), the oneDNN
-packed weights and the KV buffer (evaluation only). What remains above the live bytes is glibc's heap keeping freed
-activation blocks (heap 2.7 GiB vs ~2.3 GiB in use at the peak); a fixed mmap threshold returned them but slowed
-training 25–45 %.
+**Memory (training).** Both sides hold the same fixed state: fp32 weights, their gradients and two Adam moments
+(SmolLM2-135M: 4 × 513 MiB), plus ~0.5 GiB of libraries and runtime. What differed was activations.
+`cotdistill train` groups examples by length, and the Trainer's length-grouped sampler puts the longest batch
+first: with the first 32 `svamp/chatgpt/level1` examples that batch was 8 rows padded to 414 tokens (3312
+positions) in one forward, and its backward set the peak (probe table: whole batches). TRL recomputes
+activations (gradient checkpointing is on by default in `SFTConfig`) and packs a random batch into one row (925–1263
+tokens here). Now a padded batch wider than 512 positions runs as row slices, longest rows first, each slice cut
+to its own longest row and run forward and backward alone, its loss divided by the whole batch's response-token
+count (`cotdistill/train.py`: `row_slices`, `ResponseOnlyTrainer.training_step`; `--max-forward-tokens`). The
+gradients are the whole batch's up to float rounding: `tests/test_train.py` trains a tiny model both ways and
+compares the weights. What 512 costs in speed, ad hoc on shared cores (8 rows of ~170 tokens, forward+backward,
+3 interleaved repeats): 4.3–5.2 s sliced vs 4.7–5.1 s whole in bf16, 6.6–7.5 s vs 6.8–8.5 s in fp32; 256 (one row
+per forward) cost ~30 %. Right-padded batches on a CPU also run without their attention mask now: with causal
+attention no real token attends to the padding at the end of a row, so nothing scored changes (the loss is
+identical, the tests compare every gradient with the model's own masked loss), and SDPA takes its causal kernel
+(ad hoc, 16 rows in 512-position slices, 4 interleaved repeats: 12.7–13.5 s vs 13.0–15.4 s in bf16; within noise
+in fp32). Ruled out as the peak, measured: checkpoint saving (RSS during a save stays below the step's peak),
+tokenising (< 10 MiB), the GGUF conversion of a first run (1181 MiB peak, 734 MiB resident after it, below
+training's peak; nothing of it stays referenced), the oneDNN packed weights and the KV buffer (evaluation only).
+Above the live bytes sits glibc's heap keeping freed activation blocks (in use vs heap in the probe table); a fixed
+`glibc.malloc.mmap_threshold` of 1 MiB returned them (−8 % peak in fp32) but makes every large tensor fault its
+pages in again, which slowed training markedly in an ad-hoc run, so it is not used.
 
-**Short generations.** With a 64-token cap almost every zero-shot row runs to the cap, so the batch never shrinks and
-ours' main lever at 320 tokens (finished rows leave the batch; `generate` computes them until the longest ends) is
-gone. What remains is per-step and prefill work: ours prefills without padding and computes the shared chat-template
-prefix once (about half of `generate`'s prefill FLOPs for these prompts), and its decode steps run the linear layers
-through oneDNN with packed weights and write one KV column instead of concatenating the cache. A profiled 64-row
-decode step of ours (ad hoc, 5 steps): linear layers 102 ms at ~160 GFLOP/s (the fp32 matmul peak of this CPU),
-attention 37 ms (reading the KV cache), everything else ~20 ms; the answer-stop check and tokenising are a few
-tenths of a percent (table above). So the short case is bounded by the CPU's matmul and memory speed, not by
-overhead we could remove: in the same profile `generate`'s step spent 199 ms in MKL matmuls and 42 ms in attention.
-The ~1.1× measured earlier was with `--dtype auto` = bf16 on this CPU, where the packed fp32 linears do not apply;
-evaluation now defaults to fp32 on a CPU (docs/numerics.md).
+**Speed (training).** Ours wins by doing less work: no recomputation, no padding beyond a slice's own rows, logits
+only at response positions. Both sides save the same checkpoints inside the timed loop (a fixed cost that narrows
+the ratio in a run this short). In bf16 the matmuls reach most of this CPU's bf16 peak; the rest of a step is
+attention, casts and element-wise work (F-share column).
+
+**Short generations (evaluation).** With a 64-token cap nearly every zero-shot row runs to the cap (decode steps and
+mean rows in the timing table), so ours' main lever at 320 tokens is gone: there finished rows leave the batch,
+while `generate` computes them until the longest row ends. What remains is prefill and per-step work. Ours
+prefills without padding and computes the prompts' shared chat-template prefix once (prefill positions in the
+timing table: about half of `generate`'s), and its decode steps run the linear layers through oneDNN with
+packed weights and write one KV column instead of concatenating the cache. `python bench/profile_decode.py
+--n 64 --steps 5` profiles one 64-row decode step of each: ours spent ~102 ms in the linear layers (~160 GFLOP/s,
+this CPU's fp32 matmul peak), ~37 ms in attention (reading the KV cache) and ~20 ms in everything else, against
+~199 ms of MKL matmuls, ~42 ms of attention and the cache concatenation for `generate` (quiet-machine figures,
+2026-11-27). The answer-stop check and tokenising are a fraction of a percent (timing table). So the short case
+is bounded by this CPU's matmul and memory speed, not by overhead left to remove; at fewer rows a step is bound by
+reading the weights, and the ratio shrinks further. The ~1.1× reported in issue 15 matches bf16 evaluation (what
+`--dtype auto` gave on this CPU before evaluation defaulted to fp32; the packed fp32 linears do not apply there):
+`python bench/bench_eval.py --rounds 1 --caps 64 --dtype bf16` measured 1.24× (one round, shared cores), with only
+37 of 64 answers equal between the two sides, as bf16 rounding diverges (docs/numerics.md).
 """
 
 
@@ -215,10 +236,12 @@ def main() -> None:
     ap.add_argument("--train", type=Path, default=None)
     ap.add_argument("--eval", type=Path, default=None)
     ap.add_argument("--memprobe", type=Path, nargs="*", default=None)
+    ap.add_argument("--raw-dir", type=Path, default=RAW, help="where the used JSON is kept (bench/raw)")
+    ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     a = ap.parse_args()
-    train = a.train or newest("train")
-    evaluation = a.eval or newest("eval")
-    probes = a.memprobe if a.memprobe is not None else sorted(RAW.glob("memprobe-*.json"))
+    train = a.train or newest("train", a.raw_dir)
+    evaluation = a.eval or newest("eval", a.raw_dir)
+    probes = a.memprobe if a.memprobe is not None else sorted(a.raw_dir.glob("memprobe-*.json"))
     lines = ["# Benchmarks", "",
              "Generated by `bench/make_results.py` from the raw JSON in `bench/raw/` (copied from `runs/bench/`); "
              "do not edit by hand. Every figure is a median over interleaved rounds with its range; each table "
@@ -226,12 +249,12 @@ def main() -> None:
              "serve, the H200 real check) are in `bench/RESULTS_earlier.md`.", "",
              "To reproduce (about 15 minutes on 2 cores; nothing else running):", "", COMMANDS, ""]
     if train:
-        lines += train_section(keep([train], "train")[0]) + [""]
+        lines += train_section(keep([train], "train", a.raw_dir)[0]) + [""]
     if evaluation:
-        lines += eval_section(keep([evaluation], "eval")[0]) + [""]
-    lines += memprobe_section(keep(probes, "memprobe")) + ["", NOTES]
-    (HERE / "RESULTS.md").write_text("\n".join(lines))
-    print(f"wrote {HERE / 'RESULTS.md'} from {train}, {evaluation} and {len(probes)} memory probe(s)")
+        lines += eval_section(keep([evaluation], "eval", a.raw_dir)[0]) + [""]
+    lines += memprobe_section(keep(probes, "memprobe", a.raw_dir)) + ["", NOTES]
+    a.out.write_text("\n".join(lines))
+    print(f"wrote {a.out} from {train}, {evaluation} and {len(probes)} memory probe(s)")
 
 
 if __name__ == "__main__":

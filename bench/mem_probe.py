@@ -107,6 +107,36 @@ def model_marks(model, s: Sampler) -> None:
     model.register_forward_hook(lambda *x: s.mark("fwd end -> loss/bwd"))
 
 
+def trim_after(where: str) -> None:
+    """Experiment: glibc's malloc_trim(0) after every optimizer step or every Trainer.training_step."""
+    import ctypes
+
+    import transformers
+
+    libc = ctypes.CDLL("libc.so.6")
+    if where == "slice":
+        step = transformers.Trainer.training_step
+
+        def trimmed(self, *args, **kw):
+            out = step(self, *args, **kw)
+            libc.malloc_trim(0)
+            return out
+
+        transformers.Trainer.training_step = trimmed
+    elif where == "step":
+        orig = transformers.Trainer.__init__
+
+        class Trim(transformers.TrainerCallback):
+            def on_step_end(self, *args, **kw):
+                libc.malloc_trim(0)
+
+        def init(self, *args, **kw):
+            orig(self, *args, **kw)
+            self.add_callback(Trim())
+
+        transformers.Trainer.__init__ = init
+
+
 def watch_trainers(s: Sampler) -> None:
     """Every Trainer (ours or TRL's SFTTrainer) built from now on gets the marks."""
     import transformers
@@ -146,6 +176,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--dtype", default="bf16")
     ap.add_argument("--seed", type=int, default=100)
+    ap.add_argument("--trim", choices=["step", "slice"], default=None, help="experiment: malloc_trim(0) after each")
     ap.add_argument("--save-steps", type=int, default=None)
     ap.add_argument("--max-forward-tokens", type=int, default=None)
     a = ap.parse_args()
@@ -155,6 +186,8 @@ def main() -> None:
     import torch  # noqa: F401
 
     s.mark("torch imported")
+    if a.trim:
+        trim_after(a.trim)
     watch_trainers(s)
     if a.side == "ours":
         run_ours(a, s)

@@ -4,8 +4,9 @@ What makes it fast and small (see bench/): length-grouped batches with dynamic p
 and loss only at response positions (a pre-hook on lm_head gathers those hidden states first,
 so the vocabulary projection never runs on prompt or padding tokens), computed a chunk of rows
 at a time with their gradients (no [tokens, vocabulary] tensor is ever held: with a 262k
-vocabulary that tensor is most of a plain Trainer's memory), optional gradient checkpointing,
-bf16 autocast where the hardware runs it natively. Checkpoints are complete only once
+vocabulary that tensor is most of a plain Trainer's memory), padded batches wider than
+`max_forward_tokens` run as row slices (the longest length-grouped batch would otherwise set the peak),
+optional gradient checkpointing, bf16 autocast where the hardware runs it natively. Checkpoints are complete only once
 trainer_state.json is written, so `--resume` after Ctrl-C or kill -9 restarts from the last
 complete one; the run folder gets its model files and, written last, provenance.json (the
 "done" marker).
@@ -31,6 +32,7 @@ from cotdistill import students
 from cotdistill.errors import CotdistillError
 from cotdistill.kernels.loss import (ResponseOnlyHead, chunked_linear_cross_entropy, liger_available,
                                      liger_linear_cross_entropy)
+from cotdistill.kernels.recast import recast_linears
 from cotdistill.provenance import atomic_write_text, write_provenance
 
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
@@ -68,7 +70,7 @@ class TrainConfig(BaseModel):
     loss_kernel: Literal["auto", "chunked", "liger"] = Field("auto", description="Response-token cross-entropy: chunked (ours, any device) or liger (Liger's fused Triton kernel, CUDA, extra [gpu]); auto: liger on CUDA when installed.")
     max_forward_tokens: int | None = Field(None, ge=1, description="Most token positions (rows x padded width) one forward of a padded batch holds; a wider batch runs as row slices (same gradients, less memory). Default: 512 on a CPU, no limit on CUDA.")
     compile: bool = Field(False, description="torch.compile the model (Trainer's torch_compile).")
-    gradient_checkpointing: bool = Field(False, description="Recompute each layer's activations in the backward pass: less memory, slower (17 % for gemma3-270m on CPU, bench/RESULTS.md).")
+    gradient_checkpointing: bool = Field(False, description="Recompute each layer's activations in the backward pass: less memory, slower (17 % for gemma3-270m on CPU, bench/RESULTS_earlier.md).")
     group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding); off: random order, as a plain Trainer.")
     save_steps: int | None = Field(None, ge=1, description="Checkpoint every N optimizer steps; default: about 10 per run.")
     resume: bool = Field(False, description="Continue an unfinished run of the same config from its last checkpoint.")
@@ -501,7 +503,7 @@ def _cuda_fits(model: Any, examples: list[dict], collate: Any, dtype: str, kerne
 def _per_device_cap(cfg: TrainConfig, device: str, dtype: str, model: Any, examples: list[dict], collate: Any,
                     kernel: str, world: int) -> int:
     """Most examples per device per forward: the config's, 8 on a CPU (larger batches gain nothing
-    there, bench/RESULTS.md), on CUDA the largest that fits (probed on the longest examples)."""
+    there, bench/RESULTS_earlier.md), on CUDA the largest that fits (probed on the longest examples)."""
     if cfg.per_device_batch or cfg.grad_accum:
         return cfg.per_device_batch or 8
     if not device.startswith("cuda"):
@@ -648,8 +650,11 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(_progress_callback(progress, cfg.quiet))
     t_loop = time.monotonic()
+    # on a CPU, bf16 autocast keeps no bf16 weight copies for the backward (kernels/recast.py)
+    recast = recast_linears(trainer.model, skip=trainer._head.head) if device == "cpu" else contextlib.nullcontext()
     try:
-        output = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        with recast:
+            output = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     except KeyboardInterrupt:
         last = last_complete_checkpoint(ckpt_dir)
         print(f"\ninterrupted; last complete checkpoint: {last.name if last else 'none'}; "

@@ -190,6 +190,39 @@ def test_row_slices_keep_every_row_once_within_the_budget():
     assert [p["input_ids"].shape[0] for p in T.row_slices(batch, 4)] == [1] * 5  # rows wider than the budget go alone
 
 
+def test_recast_linears_give_autocast_gradients_without_keeping_bf16_weight_copies(tiny_chat_student):
+    """bf16 autocast: the same loss and bit-identical gradients, and no bf16 weight copy saved for the backward."""
+    from cotdistill.kernels.recast import recast_linears
+
+    model, tok = students.load_student(tiny_chat_student, dtype="fp32", device="cpu")
+    batch = T.PadCollator(tok.pad_token_id)(T.tokenize_pairs(tok, PAIRS, 256)[0])
+    head = K.ResponseOnlyHead(model)
+    params = {q.untyped_storage().data_ptr() for q in model.parameters()}
+
+    def run():
+        saved = {}
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in params:  # the fp32 weights live anyway
+                saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = T.response_loss(model, head, batch, None)
+        loss.backward()
+        grads = {n: q.grad.clone() for n, q in model.named_parameters()}
+        model.zero_grad(set_to_none=True)
+        return loss.item(), grads, sum(saved.values())
+
+    loss, grads, saved = run()
+    with recast_linears(model, skip=head.head):
+        loss_r, grads_r, saved_r = run()
+    assert loss_r == loss and all(torch.equal(grads[n], grads_r[n]) for n in grads)
+    copies = sum(2 * m.weight.numel() for m in model.modules() if type(m) is torch.nn.Linear and m is not head.head)
+    assert saved - saved_r == copies
+    assert not any("forward" in vars(m) for m in model.modules() if type(m) is torch.nn.Linear)  # undone
+
+
 def test_only_a_right_padded_cpu_batch_drops_its_attention_mask():
     right = torch.tensor([[1, 1, 1], [1, 1, 0]])
     assert T._right_padded_on_cpu(right) and T._right_padded_on_cpu(torch.ones(2, 3, dtype=torch.long))
