@@ -1,17 +1,26 @@
-"""Benchmark the student engine against named baselines, on the same data and seed, in one run.
+"""Training benchmark: ours (`cotdistill train` as the CLI runs it) against TRL's SFTTrainer, interleaved.
 
-(a) training tokens/s: ours (cotdistill.train.train) vs a plain transformers Trainer in fp32 that
-    pads each batch to its longest sequence, samples in random order and computes full-vocabulary
-    logits at every position (the model's own loss); plus the final training loss of both
-    (mean response-token loss of the final model over the training examples, same function);
-(b) peak RSS of the same runs (each run is its own subprocess, so peak RSS is clean);
-(c) evaluation generated tokens/s: ours (the hf engine, cotdistill/engines/hf.py: left padded, sorted,
-    finished rows leave the batch) vs a loop calling `generate` one question at a time with the
-    same stops (end token, or the answer stated); answers compared;
-(d) achieved training FLOP/s (6*N*tokens + attention) as a share of a matmul peak measured here.
+Primary peer: TRL's `SFTTrainer` with completion-only loss (our prompt-masked labels), padding-free
+batches, bf16 autocast where the CPU runs bf16 natively, its other defaults (gradient checkpointing on).
+Secondary (--peers): TRL without gradient checkpointing (`trl_nockpt`), and a plain `transformers.Trainer`
+(`naive`: padded batches in random order, the model's own loss over full-vocabulary logits).
+All sides: the same tokenised examples (the first --n of --data), effective batch, lr 5e-5 cosine, seed,
+epochs, and the same checkpoints the CLI writes (every ceil(steps/10) optimizer steps, the last one kept),
+saved inside the timed loop; each side then saves its final model, as `cotdistill train` does.
 
-Runs alternate baseline/ours so machine contention hits both. Usage:
-    .venv/bin/python bench/bench_train.py --student smollm2-135m --n 32
+Each run is its own process. Per run: tokens/s = all non-padding tokens (prompt + response) / seconds
+of `trainer.train()`; peak RSS = the process's VmHWM at its end (loading, training, checkpoints, final save).
+`--rounds` alternate the sides (ABBA order); the summary gives each side's median and range and the
+median and range of the per-round ratios, never a side's best run.
+
+Useful FLOPs (the work any correct implementation must do), per epoch:
+    F = 6 * N_body * T + 6 * H * V * R + 6 * n_layers * d_q * sum_examples L * (L + 1)
+T = tokens, R = response tokens (positions whose next token is scored), L = example length, N_body = the
+layers' matmul weights, H * V = the LM head (a tied embedding counted once), d_q = query width; the last
+term is causal attention (QK^T and AV) forward and backward. F_all charges the head at every position as
+a plain implementation does: F + 6 * H * V * (T - R). Shares are F / seconds / the 2048^2 matmul peak
+measured in the same dtype at the start of the run. Usage:
+    python bench/bench_train.py --rounds 3
 """
 
 from __future__ import annotations
@@ -19,10 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,184 +36,130 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import machine, matmul_peak_gflops, now, paired, peak_rss_mib, run_worker, spread, write_raw  # noqa: E402
+
+SIDES = ("ours", "trl", "trl_nockpt", "naive")
 
 
-# ----------------------------------------------------------------------------- workers (subprocesses)
+# ----------------------------------------------------------------------------- workers (each its own process)
 
 
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _peak_gpu_mib() -> float | None:
-    import torch
-
-    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-
-
-def _examples(a, tok):
-    """The first a.n examples of a.data, tokenised as training tokenises them."""
+def _examples(a) -> tuple[list[dict], object]:
+    """The first a.n examples of a.data, tokenised as `cotdistill train` tokenises them; and the tokenizer."""
+    from cotdistill import students
     from cotdistill import train as T
 
+    tok = students.load_tokenizer(a.student)
     pairs, _ = T.load_pairs(a.data, None, a.n)
-    return T.tokenize_pairs(tok, pairs, 2048)[0]
+    return T.tokenize_pairs(tok, pairs, 2048)[0], tok
 
 
-def _final_loss(model, examples, pad_id) -> float:
-    """Mean next-token loss over all response tokens of the training examples (full logits, fp32)."""
-    import torch
+def _shape(a, n_examples: int) -> tuple[int, int, int]:
+    """(per-device batch, accumulation, save_steps) exactly as `cotdistill train` picks them on a CPU."""
+    import math
 
-    from cotdistill.train import PadCollator
+    from cotdistill import train as T
 
-    model.eval()
-    collate = PadCollator(pad_id)
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        for i in range(0, len(examples), 8):
-            b = collate(examples[i : i + 8])
-            b = {k: v.to(model.device) for k, v in b.items()}
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float()
-            tgt = b["labels"][:, 1:]
-            lp = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), tgt, reduction="sum",
-                                                   ignore_index=-100)
-            total += lp.item()
-            count += int((tgt != -100).sum())
-    return total / count
+    per_device, accum = T.batch_shape(a.batch_size, 1, 8, None)
+    steps = max(1, math.ceil(math.ceil(n_examples / (per_device * accum)) * a.epochs))
+    return per_device, accum, max(1, math.ceil(steps / 10))
 
 
-def worker_ours(a, group_by_length: bool = True) -> dict:
-    from transformers import AutoModelForCausalLM
-
-    from cotdistill import students
+def worker_ours(a, dtype: str) -> dict:
     from cotdistill import train as T
 
     out = Path(tempfile.mkdtemp(prefix="bench-ours-"))
     cfg = T.TrainConfig(student=a.student, data=a.data, out=out / "run", limit=a.n, epochs=a.epochs,
-                        batch_size=a.batch_size, grad_accum=a.grad_accum, seed=a.seed, save_steps=10**6,
-                        quiet=True, device=a.device, dtype=a.dtype, overwrite=True,
-                        gradient_checkpointing=a.gradient_checkpointing, group_by_length=group_by_length)
-    r = T.train(cfg)
-    rss = _peak_rss_mib()  # before re-loading the model for the loss check
-    gpu = _peak_gpu_mib()
-    model = AutoModelForCausalLM.from_pretrained(out / "run").to(students.resolve_device(a.device))
-    tok = students.load_tokenizer(a.student)
-    examples = _examples(a, tok)
-    shutil.rmtree(out, ignore_errors=True)  # the saved model is GBs
+                        batch_size=a.batch_size, seed=a.seed, quiet=True, device="cpu", dtype=dtype, overwrite=True)
+    r = T.train(cfg)  # the CLI's settings: checkpoints every ceil(steps/10) steps, final model saved
+    prov = json.loads((out / "run" / "provenance.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)
     return {"tokens": r.tokens, "seconds": r.train_seconds, "tokens_per_s": r.tokens / r.train_seconds,
-            "peak_rss_mib": rss, "peak_gpu_mib": gpu, "trainer_mean_loss": r.train_loss, "last_step_loss": r.final_loss,
-            "final_train_loss": _final_loss(model, examples, tok.pad_token_id), "steps": r.steps}
+            "peak_rss_mib": peak_rss_mib(), "mean_loss": r.train_loss, "steps": r.steps,
+            "per_device_batch": prov["per_device_batch"], "grad_accum": prov["grad_accum"]}
 
 
-def worker_baseline(a, data_seed: int | None = None) -> dict:
-    """Plain Trainer, fp32, random order, pad-to-longest, full-vocabulary logits (model's own loss)."""
-    import torch
+def _dataset(examples: list[dict]):
+    import pyarrow as pa
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
+    rows = [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples]
+    # built from an Arrow table with a fingerprint: datasets' own hashing (dill) fails on some pyarrow builds
+    return Dataset(InMemoryTable(pa.Table.from_pylist(rows)), fingerprint="bench")
+
+
+def worker_trl(a, dtype: str, checkpointing: bool = True) -> dict:
+    """TRL's SFTTrainer: completion-only loss (our labels), padding-free, bf16 autocast where native."""
+    from trl import SFTConfig, SFTTrainer
+
+    from cotdistill import students
+
+    examples, tok = _examples(a)
+    per_device, accum, save_steps = _shape(a, len(examples))
+    out = tempfile.mkdtemp(prefix="bench-trl-")
+    args = SFTConfig(output_dir=out, num_train_epochs=a.epochs, learning_rate=5e-5, lr_scheduler_type="cosine",
+                     per_device_train_batch_size=per_device, gradient_accumulation_steps=accum, seed=a.seed,
+                     bf16=dtype == "bfloat16", use_cpu=True, padding_free=True, max_length=None,
+                     gradient_checkpointing=checkpointing, save_strategy="steps", save_steps=save_steps,
+                     save_total_limit=1, report_to="none", logging_steps=1, disable_tqdm=True,
+                     dataloader_num_workers=0, dataset_kwargs={"skip_prepare_dataset": True})
+    # model given by path: TRL loads it in fp32 (its default), bf16 comes from autocast as in ours
+    trainer = SFTTrainer(model=students.resolve_student(a.student), args=args, train_dataset=_dataset(examples),
+                         processing_class=tok)
+    t0 = time.monotonic()
+    output = trainer.train()
+    seconds = time.monotonic() - t0
+    trainer.save_model(str(Path(out) / "final"))
+    shutil.rmtree(out, ignore_errors=True)
+    tokens = int(sum(len(e["input_ids"]) for e in examples) * a.epochs)
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "peak_rss_mib": peak_rss_mib(),
+            "mean_loss": output.training_loss, "steps": trainer.state.global_step,
+            "per_device_batch": per_device, "grad_accum": accum}
+
+
+def worker_naive(a, dtype: str) -> dict:
+    """A plain Trainer: padded batches in random order, the model's own loss over full-vocabulary logits."""
     from transformers import Trainer, TrainingArguments
 
     from cotdistill import students
     from cotdistill.train import PadCollator
 
-    model, tok = students.load_student(a.student, dtype="float32", device="cpu")
-    examples = _examples(a, tok)
+    examples, tok = _examples(a)
+    per_device, accum, save_steps = _shape(a, len(examples))
+    model, _ = students.load_student(a.student, dtype="float32", device="cpu")
     model.config.use_cache = False
-    accum = a.grad_accum or max(1, -(-a.batch_size // 8))
-    out = tempfile.mkdtemp(prefix="bench-base-")
-    args = TrainingArguments(
-        output_dir=out, num_train_epochs=a.epochs, learning_rate=5e-5, lr_scheduler_type="cosine",
-        per_device_train_batch_size=max(1, a.batch_size // accum), gradient_accumulation_steps=accum,
-        seed=a.seed, data_seed=a.seed if data_seed is None else data_seed, logging_steps=1, save_strategy="no",
-        report_to="none", disable_tqdm=True,
-        remove_unused_columns=False, use_cpu=a.device in ("cpu", "auto") and not torch.cuda.is_available(),
-        include_num_input_tokens_seen="non_padding",
-    )
+    out = tempfile.mkdtemp(prefix="bench-naive-")
+    args = TrainingArguments(output_dir=out, num_train_epochs=a.epochs, learning_rate=5e-5, lr_scheduler_type="cosine",
+                             per_device_train_batch_size=per_device, gradient_accumulation_steps=accum, seed=a.seed,
+                             bf16=dtype == "bfloat16", use_cpu=True, save_strategy="steps", save_steps=save_steps,
+                             save_total_limit=1, report_to="none", logging_steps=1, disable_tqdm=True,
+                             remove_unused_columns=False, include_num_input_tokens_seen="non_padding")
     trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=PadCollator(tok.pad_token_id))
     t0 = time.monotonic()
     output = trainer.train()
     seconds = time.monotonic() - t0
+    trainer.save_model(str(Path(out) / "final"))
     shutil.rmtree(out, ignore_errors=True)
-    rss = _peak_rss_mib()
-    gpu = _peak_gpu_mib()
     tokens = int(trainer.state.num_input_tokens_seen)
-    last = [h["loss"] for h in trainer.state.log_history if "loss" in h][-1]
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "peak_rss_mib": rss,
-            "peak_gpu_mib": gpu,
-            "trainer_mean_loss": output.training_loss, "last_step_loss": last,
-            "final_train_loss": _final_loss(trainer.model, examples, tok.pad_token_id),
-            "steps": trainer.state.global_step}
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "peak_rss_mib": peak_rss_mib(),
+            "mean_loss": output.training_loss, "steps": trainer.state.global_step,
+            "per_device_batch": per_device, "grad_accum": accum}
 
 
-def worker_eval(a) -> dict:
-    """Batched generation (ours) vs one question at a time; same greedy decoding."""
-    import torch
-
-    from cotdistill.benchmarks import load_benchmark
-    from cotdistill.engines import Request
-    from cotdistill.engines import hf as H
-    from cotdistill.grade import extract_answer
-
-    engine = H.HFEngine.load(a.student, dtype=a.dtype, device=a.device, batch_size=a.eval_batch)
-    model, tok = engine.model, engine.tokenizer
-    qs = load_benchmark("svamp", "test", None, a.eval_n)
-    requests = [Request.question(q.question) for q in qs]
-    prompts = [engine.encode(r.messages) for r in requests]
-
-    from transformers import StoppingCriteriaList
-
-    t0 = time.monotonic()
-    single = []
-    with torch.inference_mode():
-        for p in prompts:  # plain `generate`, same stops: end token, or the answer stated
-            ids = torch.tensor([p], device=model.device)
-            o = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=a.max_new_tokens,
-                               do_sample=False, eos_token_id=engine.stops, pad_token_id=tok.pad_token_id,
-                               stopping_criteria=StoppingCriteriaList([H._answer_stop_criteria(tok, len(p))]),
-                               top_p=None, top_k=None, temperature=None)
-            c = engine._completion(p, o[0, len(p):].tolist(), True, [])
-            single.append((c.text, c.completion_tokens))
-    t_single = time.monotonic() - t0
-
-    t0 = time.monotonic()
-    ours = [(c.text, c.completion_tokens) for c in engine.generate(requests, max_new_tokens=a.max_new_tokens)]
-    t_ours = time.monotonic() - t0
-
-    def ans(r):
-        return extract_answer(r[0], "number")[0]
-
-    same = sum(ans(x) == ans(y) for x, y in zip(single, ours))
-    tok_single, tok_ours = sum(r[1] for r in single), sum(r[1] for r in ours)
-    return {"n": len(prompts), "single_tokens": tok_single, "single_seconds": t_single,
-            "single_tokens_per_s": tok_single / t_single, "ours_tokens": tok_ours, "ours_seconds": t_ours,
-            "ours_tokens_per_s": tok_ours / t_ours, "same_answer_share": same / len(prompts),
-            "questions_per_s_ratio": t_single / t_ours}
+WORKERS = {"ours": worker_ours, "trl": worker_trl, "trl_nockpt": lambda a, d: worker_trl(a, d, checkpointing=False),
+           "naive": worker_naive}
 
 
-# ----------------------------------------------------------------------------- driver
-
-
-def matmul_peak_gflops(seconds: float = 3.0, n: int = 2048) -> float:
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    k, t0 = 0, time.monotonic()
-    while time.monotonic() - t0 < seconds:
-        a @ b
-        k += 1
-    return 2 * n**3 * k / (time.monotonic() - t0) / 1e9
-
-
-def model_flops_per_token(student: str, mean_len: float) -> float:
-    """6*N (N = all matmul parameters, tied embedding counted once as lm_head) + attention (fwd+bwd)."""
-    from transformers import AutoConfig
-
-    from cotdistill import students
-
-    return config_flops_per_token(AutoConfig.from_pretrained(students.resolve_student(student)), mean_len)
+# ----------------------------------------------------------------------------- useful FLOPs
 
 
 def config_flops_per_token(c, mean_len: float) -> float:
-    """`model_flops_per_token` of a transformers config."""
+    """6*N (all matmul weights, a tied embedding counted once as the head) + causal attention, per token
+    at a mean example length: the head charged at every position (bench/gpu_bench.py uses it)."""
     c = getattr(c, "text_config", c)
     h, L, V, inter = c.hidden_size, c.num_hidden_layers, c.vocab_size, c.intermediate_size
     hd = getattr(c, "head_dim", None) or h // c.num_attention_heads
@@ -217,95 +169,100 @@ def config_flops_per_token(c, mean_len: float) -> float:
     return 6 * n + attn
 
 
-def run_worker(kind: str, a) -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind] + [x for x in sys.argv[1:] if x not in ("--worker",)]
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise SystemExit(f"worker {kind} failed:\n{p.stderr[-3000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+def useful_flops(c, examples: list[dict], epochs: float) -> dict:
+    """F (the head only where a response token is predicted) and F_all (the head at every position);
+    the formula is in this module's docstring."""
+    c = getattr(c, "text_config", c)
+    h, n_layers, V, inter = c.hidden_size, c.num_hidden_layers, c.vocab_size, c.intermediate_size
+    hd = getattr(c, "head_dim", None) or h // c.num_attention_heads
+    q, kv = c.num_attention_heads * hd, c.num_key_value_heads * hd
+    body = n_layers * (h * q + 2 * h * kv + q * h + 3 * h * inter)
+    lengths = [len(e["input_ids"]) for e in examples]
+    T = sum(lengths)
+    R = sum(sum(1 for t in e["labels"] if t != -100) for e in examples)
+    attention = 6 * n_layers * q * sum(n * (n + 1) for n in lengths)
+    f = epochs * (6 * body * T + 6 * h * V * R + attention)
+    return {"F": f, "F_all": f + epochs * 6 * h * V * (T - R), "tokens": T * epochs, "response_tokens": R * epochs,
+            "n_body": body, "n_head": h * V, "attention": epochs * attention}
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def resolve_dtypes(spec: str) -> list[str]:
+    from cotdistill import students
+
+    if spec == "auto":  # bf16 where native, and fp32 always
+        return (["bfloat16"] if students.resolve_dtype("auto", "cpu") == "bfloat16" else []) + ["float32"]
+    return [students.resolve_dtype(d, "cpu") for d in spec.split(",")]
+
+
+def summarize(res: dict) -> list[str]:
+    """Lines: per dtype and side median [range] of tokens/s and peak RSS, and ours/peer ratios per round."""
+    lines = []
+    for dtype in res["dtypes"]:
+        runs = [r for r in res["runs"] if r["dtype"] == dtype]
+        for side in res["sides"]:
+            mine = [r for r in runs if r["side"] == side]
+            tps, rss = spread([r["tokens_per_s"] for r in mine]), spread([r["peak_rss_mib"] for r in mine])
+            lines.append(f"{dtype:9s} {side:11s} tokens/s {tps['median']:7.1f} [{tps['min']:.1f}-{tps['max']:.1f}]  "
+                         f"peak RSS {rss['median']:6.0f} MiB [{rss['min']:.0f}-{rss['max']:.0f}]")
+        for peer in res["sides"][1:]:
+            pairs = paired(runs, peer)
+            sp = spread([o["tokens_per_s"] / p["tokens_per_s"] for o, p in pairs])
+            mem = spread([o["peak_rss_mib"] / p["peak_rss_mib"] for o, p in pairs])
+            lines.append(f"{dtype:9s} ours/{peer:11s} speed {sp['median']:.2f}x [{sp['min']:.2f}-{sp['max']:.2f}]  "
+                         f"peak RSS {mem['median']:.2f}x [{mem['min']:.2f}-{mem['max']:.2f}]")
+    return lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--student", default="smollm2-135m")
     ap.add_argument("--data", default="svamp/chatgpt/level1")
-    ap.add_argument("--n", type=int, default=32, help="training examples")
+    ap.add_argument("--n", type=int, default=16, help="training examples (the first N)")
     ap.add_argument("--epochs", type=float, default=1.0)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--grad-accum", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=8, help="effective batch (per-device 8 on a CPU)")
     ap.add_argument("--seed", type=int, default=100)
-    ap.add_argument("--rounds", type=int, default=1, help="baseline/ours pairs, alternating")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--eval-n", type=int, default=16)
-    ap.add_argument("--eval-batch", type=int, default=16)
-    ap.add_argument("--max-new-tokens", type=int, default=320, help="eval: the `cotdistill eval` default")
-    ap.add_argument("--gradient-checkpointing", action="store_true", help="ours recomputes layer activations")
-    ap.add_argument("--same-order-check", action="store_true",
-                    help="also train ours in the baseline's random order: its final loss must match the baseline's")
-    ap.add_argument("--order-noise", action="store_true",
-                    help="also train the baseline with another data order (data seed + 1): how far order alone moves the final loss")
-    ap.add_argument("--skip-train", action="store_true")
-    ap.add_argument("--skip-eval", action="store_true")
-    ap.add_argument("--worker", choices=["ours", "ours_random", "baseline", "baseline_reordered", "eval"],
-                    help=argparse.SUPPRESS)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each side once per round and dtype)")
+    ap.add_argument("--dtypes", default="auto", help="auto: bf16 where native, and fp32; or e.g. fp32")
+    ap.add_argument("--peers", default="trl", help=f"comma-separated, of {', '.join(SIDES[1:])}")
+    ap.add_argument("--worker", nargs=2, metavar=("SIDE", "DTYPE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        fn = {"ours": worker_ours, "ours_random": lambda a: worker_ours(a, group_by_length=False),
-              "baseline": worker_baseline, "baseline_reordered": lambda a: worker_baseline(a, data_seed=a.seed + 1),
-              "eval": worker_eval}[a.worker]
-        print(json.dumps(fn(a)))
+        print(json.dumps(WORKERS[a.worker[0]](a, a.worker[1])))
         return
 
-    import torch
+    from transformers import AutoConfig
 
     from cotdistill import students
 
-    students.resolve_student(a.student)  # convert/cache the GGUF once, outside the timed runs
-    print(f"command: {' '.join([Path(sys.executable).name, 'bench/bench_train.py'] + sys.argv[1:])}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"cuda={torch.cuda.is_available()}, load average before: {os.getloadavg()[0]:.1f}")
-    res: dict = {"args": vars(a)}
-    if not a.skip_train:
-        base, ours = [], []
-        for _ in range(a.rounds):
-            base.append(run_worker("baseline", a))
-            ours.append(run_worker("ours", a))
-        b, o = min(base, key=lambda r: r["seconds"]), min(ours, key=lambda r: r["seconds"])
-        peak = matmul_peak_gflops()
-        mean_len = b["tokens"] / (a.n * a.epochs)
-        fpt = model_flops_per_token(a.student, mean_len)
-        res.update(baseline=base, ours=ours, matmul_peak_gflops=peak, flops_per_token=fpt)
-        print(f"(a) training tokens/s: ours {o['tokens_per_s']:.1f} vs baseline {b['tokens_per_s']:.1f} "
-              f"-> {o['tokens_per_s'] / b['tokens_per_s']:.2f}x")
-        print(f"    final train loss: ours {o['final_train_loss']:.4f} vs baseline {b['final_train_loss']:.4f} "
-              f"({100 * (o['final_train_loss'] / b['final_train_loss'] - 1):+.2f} %); "
-              f"Trainer mean loss {o['trainer_mean_loss']:.4f} vs {b['trainer_mean_loss']:.4f}")
-        extra = [("ours_random", "ours_random_order", "same-order check (ours in the baseline's random order)")] * \
-            a.same_order_check + [("baseline_reordered", "baseline_reordered", f"order noise (baseline, data seed {a.seed + 1})")] * \
-            a.order_noise
-        for worker, key, label in extra:
-            r = res[key] = run_worker(worker, a)
-            print(f"    {label}: final train loss {r['final_train_loss']:.6f} vs baseline {b['final_train_loss']:.6f} "
-                  f"({100 * (r['final_train_loss'] / b['final_train_loss'] - 1):+.3f} %)")
-        print(f"(b) peak RSS: ours {o['peak_rss_mib']:.0f} MiB vs baseline {b['peak_rss_mib']:.0f} MiB "
-              f"-> {o['peak_rss_mib'] / b['peak_rss_mib']:.2f}x")
-        if o.get("peak_gpu_mib"):
-            print(f"    peak GPU memory: ours {o['peak_gpu_mib']:.0f} MiB vs baseline {b['peak_gpu_mib']:.0f} MiB "
-                  f"-> {o['peak_gpu_mib'] / b['peak_gpu_mib']:.2f}x")
-        for name, r in (("ours", o), ("baseline", b)):
-            achieved = fpt * r["tokens_per_s"] / 1e9
-            print(f"(d) {name}: {achieved:.2f} GFLOP/s achieved = {100 * achieved / peak:.0f} % of the "
-                  f"{peak:.1f} GFLOP/s fp32 matmul peak measured now")
-    if not a.skip_eval:
-        e = run_worker("eval", a)
-        res["eval"] = e
-        print(f"(c) eval generated tokens/s: ours {e['ours_tokens_per_s']:.1f} vs one-at-a-time "
-              f"{e['single_tokens_per_s']:.1f} -> {e['ours_tokens_per_s'] / e['single_tokens_per_s']:.2f}x; "
-              f"wall-clock for the {e['n']} questions {e['questions_per_s_ratio']:.2f}x; "
-              f"same answer on {100 * e['same_answer_share']:.0f} %")
-    print(f"load average after: {os.getloadavg()[0]:.1f}")
-    print("json:", json.dumps(res))
+    folder = students.resolve_student(a.student)  # convert/cache the GGUF once, outside the timed runs
+    sides = ["ours"] + [p for p in a.peers.split(",") if p]
+    if any(s not in SIDES for s in sides):
+        raise SystemExit(f"--peers: unknown side; known: {', '.join(SIDES[1:])}")
+    dtypes = resolve_dtypes(a.dtypes)
+    res: dict = {"kind": "train", "command": " ".join(["python", "bench/bench_train.py", *sys.argv[1:]]),
+                 "machine": machine(), "started": now(), "load_before": os.getloadavg()[0], "args": vars(a),
+                 "sides": sides, "dtypes": dtypes, "runs": []}
+    res["matmul_peak_gflops"] = {d: matmul_peak_gflops(d) for d in dtypes}
+    examples, _ = _examples(a)
+    res["flops"] = useful_flops(AutoConfig.from_pretrained(folder), examples, a.epochs)
+    print(f"{res['command']}\n{res['machine']['cpu']} {res['machine']['flags']}, load {res['load_before']:.1f}")
+    worker_args = [a2 for a2 in sys.argv[1:]]
+    for rnd in range(a.rounds):
+        for dtype in dtypes:
+            for side in sides if rnd % 2 == 0 else sides[::-1]:  # ABBA: drift hits both sides alike
+                r = run_worker(__file__, worker_args + ["--worker", side, dtype])
+                r |= {"round": rnd, "side": side, "dtype": dtype,
+                      "share_of_peak": res["flops"]["F"] / r["seconds"] / 1e9 / res["matmul_peak_gflops"][dtype],
+                      "share_of_peak_all": res["flops"]["F_all"] / r["seconds"] / 1e9 / res["matmul_peak_gflops"][dtype]}
+                res["runs"].append(r)
+                print(f"round {rnd} {dtype:9s} {side:11s} {r['tokens_per_s']:7.1f} tokens/s  "
+                      f"peak RSS {r['peak_rss_mib']:6.0f} MiB  loss {r['mean_loss']:.4f}", flush=True)
+    res |= {"ended": now(), "load_after": os.getloadavg()[0]}
+    print("\n".join(summarize(res)))
+    print(f"raw: {write_raw('train', res)}")
 
 
 if __name__ == "__main__":

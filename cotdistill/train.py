@@ -4,8 +4,9 @@ What makes it fast and small (see bench/): length-grouped batches with dynamic p
 and loss only at response positions (a pre-hook on lm_head gathers those hidden states first,
 so the vocabulary projection never runs on prompt or padding tokens), computed a chunk of rows
 at a time with their gradients (no [tokens, vocabulary] tensor is ever held: with a 262k
-vocabulary that tensor is most of a plain Trainer's memory), optional gradient checkpointing,
-bf16 autocast where the hardware runs it natively. Checkpoints are complete only once
+vocabulary that tensor is most of a plain Trainer's memory), padded batches wider than
+`max_forward_tokens` run as row slices (the longest length-grouped batch would otherwise set the peak),
+optional gradient checkpointing, bf16 autocast where the hardware runs it natively. Checkpoints are complete only once
 trainer_state.json is written, so `--resume` after Ctrl-C or kill -9 restarts from the last
 complete one; the run folder gets its model files and, written last, provenance.json (the
 "done" marker).
@@ -13,6 +14,7 @@ complete one; the run folder gets its model files and, written last, provenance.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -31,6 +33,7 @@ from cotdistill.errors import CotdistillError
 from cotdistill.kernels import attention
 from cotdistill.kernels.loss import (ResponseOnlyHead, chunked_linear_cross_entropy, liger_available,
                                      liger_linear_cross_entropy)
+from cotdistill.kernels.recast import recast_linears
 from cotdistill.provenance import atomic_write_text, write_provenance
 
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
@@ -38,7 +41,7 @@ ProgressFn = Callable[[int, int, dict[str, Any]], None]
 # Fields that do not change what a run computes (so they are left out of its identity).
 # The speed knobs compute the same run up to float rounding (same data order, same effective batch).
 _NOT_IDENTITY = {"out", "resume", "overwrite", "device", "data_dir", "save_steps", "quiet", "gradient_checkpointing",
-                 "padding_free", "per_device_batch", "loss_kernel", "compile"}
+                 "padding_free", "per_device_batch", "loss_kernel", "compile", "max_forward_tokens"}
 
 
 class TrainConfig(BaseModel):
@@ -66,8 +69,9 @@ class TrainConfig(BaseModel):
     padding_free: bool | None = Field(None, description="Pack each per-device batch into one row with position ids (no padding; attention kept inside each example); default: on for CUDA, off on a CPU.")
     per_device_batch: int | None = Field(None, ge=1, description="Examples per device per forward; default: 8 on a CPU, on CUDA the largest that fits (probed, halving on out-of-memory). Gradient accumulation makes up the effective batch.")
     loss_kernel: Literal["auto", "chunked", "liger"] = Field("auto", description="Response-token cross-entropy: chunked (ours, any device) or liger (Liger's fused Triton kernel, CUDA, extra [gpu]); auto: liger on CUDA when installed.")
+    max_forward_tokens: int | None = Field(None, ge=1, description="Most token positions (rows x padded width) one forward of a padded batch holds; a wider batch runs as row slices (same gradients, less memory). Default: 512 on a CPU, no limit on CUDA.")
     compile: bool = Field(False, description="torch.compile the model (Trainer's torch_compile).")
-    gradient_checkpointing: bool = Field(False, description="Recompute each layer's activations in the backward pass: less memory, slower (17 % for gemma3-270m on CPU, bench/RESULTS.md).")
+    gradient_checkpointing: bool = Field(False, description="Recompute each layer's activations in the backward pass: less memory, slower (17 % for gemma3-270m on CPU, bench/RESULTS_earlier.md).")
     group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding); off: random order, as a plain Trainer.")
     save_steps: int | None = Field(None, ge=1, description="Checkpoint every N optimizer steps; default: about 10 per run.")
     resume: bool = Field(False, description="Continue an unfinished run of the same config from its last checkpoint.")
@@ -200,6 +204,10 @@ def response_loss(model: Any, head: ResponseOnlyHead, inputs: dict, num_items: A
     try:
         # padded batches carry an attention mask; packed rows (PackCollator) position ids instead
         shape = {k: inputs[k] for k in PACKING_KEYS + ("attention_mask",) if k in inputs}
+        if "attention_mask" in shape and _right_padded_on_cpu(shape["attention_mask"]):
+            # Causal attention: padding only at the end of each row is never attended by a real token, so the
+            # mask changes nothing that is scored; without it SDPA runs its causal kernel (~8 % of a bf16 step).
+            del shape["attention_mask"]
         out = model(input_ids=inputs["input_ids"], use_cache=False, **shape)
         hidden, head.hidden = head.hidden, None
     finally:
@@ -214,6 +222,43 @@ def response_loss(model: Any, head: ResponseOnlyHead, inputs: dict, num_items: A
     return loss / denom
 
 
+# Default `max_forward_tokens` on a CPU: stored activations of 512 positions keep peak RSS under TRL's
+# SFTTrainer (which recomputes them) at no measurable speed cost; 256 rows per forward cost ~30 % (bench/RESULTS.md).
+CPU_FORWARD_POSITIONS = 512
+
+
+def row_slices(inputs: dict, max_positions: int) -> list[dict]:
+    """A right-padded batch as row slices of at most `max_positions` positions each (rows x own padded width).
+
+    Rows go longest first into the current slice while it stays under the budget (a row longer than the
+    budget goes alone); each slice is cut to its own longest row. Activation memory grows with the
+    positions one forward holds, and length-grouped batching puts the longest examples together: one
+    such batch padded to its longest row set the training peak (bench/RESULTS.md). The summed loss and
+    its gradients are those of the whole batch, up to float rounding order.
+    """
+    lengths = inputs["attention_mask"].sum(1)
+    if len(lengths) * int(lengths.max()) <= max_positions:
+        return [inputs]
+    order = lengths.argsort(descending=True, stable=True).tolist()
+    groups: list[list[int]] = []
+    for i in order:  # descending: a slice's width is its first row's length
+        if groups and (len(groups[-1]) + 1) * int(lengths[groups[-1][0]]) <= max_positions:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    slices = []
+    for g in groups:
+        width = int(lengths[g[0]])
+        slices.append({k: (v[g, :width] if k in ("input_ids", "attention_mask", "labels") else v)
+                       for k, v in inputs.items()})
+    return slices
+
+
+def _right_padded_on_cpu(mask: Any) -> bool:
+    """A CPU batch whose padding is only at the end of each row (as PadCollator makes it)."""
+    return mask.device.type == "cpu" and bool((mask[:, 1:] <= mask[:, :-1]).all())
+
+
 def _make_trainer_class():
     from transformers import Trainer
 
@@ -221,6 +266,23 @@ def _make_trainer_class():
         """Trainer whose loss computes logits only at response positions."""
 
         loss_is_scaled_for_ga = True  # response_loss divides by the whole accumulated batch's count
+        max_forward_positions: int | None = None  # set by train(): padded batches wider than this run as row slices
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            budget = self.max_forward_positions
+            if budget is None or "attention_mask" not in inputs:  # packed rows are left whole
+                return super().training_step(model, inputs, num_items_in_batch)
+            parts = row_slices(inputs, budget)
+            if len(parts) == 1:
+                return super().training_step(model, inputs, num_items_in_batch)
+            if num_items_in_batch is None:  # each slice must divide by the whole batch's count, not its own
+                num_items_in_batch = int((inputs["labels"][:, 1:] != -100).sum())
+            loss = 0
+            for i, part in enumerate(parts):  # DDP all-reduces once, after the last slice's backward
+                sync = contextlib.nullcontext() if i == len(parts) - 1 else self.accelerator.no_sync(model)
+                with sync:
+                    loss = loss + super().training_step(model, part, num_items_in_batch)
+            return loss
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss = response_loss(model, self._head, inputs, num_items_in_batch)
@@ -450,7 +512,7 @@ def _cuda_fits(model: Any, examples: list[dict], collate: Any, dtype: str, kerne
 def _per_device_cap(cfg: TrainConfig, device: str, dtype: str, model: Any, examples: list[dict], collate: Any,
                     kernel: str, world: int) -> int:
     """Most examples per device per forward: the config's, 8 on a CPU (larger batches gain nothing
-    there, bench/RESULTS.md), on CUDA the largest that fits (probed on the longest examples)."""
+    there, bench/RESULTS_earlier.md), on CUDA the largest that fits (probed on the longest examples)."""
     if cfg.per_device_batch or cfg.grad_accum:
         return cfg.per_device_batch or 8
     if not device.startswith("cuda"):
@@ -592,13 +654,18 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
             shutil.rmtree(cfg.out, ignore_errors=True)
         raise
     trainer._head = ResponseOnlyHead(trainer.model, fused=not trainer.is_fsdp_enabled, kernel=kernel)
+    if not packed:
+        trainer.max_forward_positions = cfg.max_forward_tokens or (CPU_FORWARD_POSITIONS if device == "cpu" else None)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(_progress_callback(progress, cfg.quiet))
     t_loop = time.monotonic()
+    # on a CPU, bf16 autocast keeps no bf16 weight copies for the backward (kernels/recast.py)
+    recast = recast_linears(trainer.model, skip=trainer._head.head) if device == "cpu" else contextlib.nullcontext()
     try:
-        output = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        with recast:
+            output = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     except KeyboardInterrupt:
         last = last_complete_checkpoint(ckpt_dir)
         print(f"\ninterrupted; last complete checkpoint: {last.name if last else 'none'}; "

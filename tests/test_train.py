@@ -174,6 +174,75 @@ def test_gradient_checkpointing_and_random_order_train(tiny_chat_student, tmp_pa
     assert ckpt.final_loss == pytest.approx(plain.final_loss, rel=1e-4)
 
 
+def test_row_slices_keep_every_row_once_within_the_budget():
+    lengths = [5, 9, 3, 9, 7]
+    width = max(lengths)
+    ids = torch.tensor([[10 * r + c + 1 if c < n else 0 for c in range(width)] for r, n in enumerate(lengths)])
+    mask = (ids != 0).long()
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.where(mask == 1, ids, -100)}
+    assert T.row_slices(batch, 45) == [batch]  # fits: left whole
+    parts = T.row_slices(batch, 18)
+    assert [p["input_ids"].shape for p in parts] == [(2, 9), (2, 7), (1, 3)]  # longest first, cut to own width
+    rows = sorted(tuple(r[m == 1].tolist()) for p in parts for r, m in zip(p["input_ids"], p["attention_mask"]))
+    assert rows == sorted(tuple(r[m == 1].tolist()) for r, m in zip(ids, mask))
+    for p in parts:
+        assert torch.equal(p["labels"], torch.where(p["attention_mask"] == 1, p["input_ids"], -100))
+    assert [p["input_ids"].shape[0] for p in T.row_slices(batch, 4)] == [1] * 5  # rows wider than the budget go alone
+
+
+def test_recast_linears_give_autocast_gradients_without_keeping_bf16_weight_copies(tiny_chat_student):
+    """bf16 autocast: the same loss and bit-identical gradients, and no bf16 weight copy saved for the backward."""
+    from cotdistill.kernels.recast import recast_linears
+
+    model, tok = students.load_student(tiny_chat_student, dtype="fp32", device="cpu")
+    batch = T.PadCollator(tok.pad_token_id)(T.tokenize_pairs(tok, PAIRS, 256)[0])
+    head = K.ResponseOnlyHead(model)
+    params = {q.untyped_storage().data_ptr() for q in model.parameters()}
+
+    def run():
+        saved = {}
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in params:  # the fp32 weights live anyway
+                saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = T.response_loss(model, head, batch, None)
+        loss.backward()
+        grads = {n: q.grad.clone() for n, q in model.named_parameters()}
+        model.zero_grad(set_to_none=True)
+        return loss.item(), grads, sum(saved.values())
+
+    loss, grads, saved = run()
+    with recast_linears(model, skip=head.head):
+        loss_r, grads_r, saved_r = run()
+    assert loss_r == loss and all(torch.equal(grads[n], grads_r[n]) for n in grads)
+    copies = sum(2 * m.weight.numel() for m in model.modules() if type(m) is torch.nn.Linear and m is not head.head)
+    assert saved - saved_r == copies
+    assert not any("forward" in vars(m) for m in model.modules() if type(m) is torch.nn.Linear)  # undone
+
+
+def test_only_a_right_padded_cpu_batch_drops_its_attention_mask():
+    right = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    assert T._right_padded_on_cpu(right) and T._right_padded_on_cpu(torch.ones(2, 3, dtype=torch.long))
+    assert not T._right_padded_on_cpu(right.flip(1))  # left padding: a real token would attend to a pad
+
+
+def test_row_slices_train_the_same_weights_as_whole_batches(tiny_chat_student, tmp_path):
+    """Forwards capped at a few positions (one row each) end at the weights of whole padded batches."""
+    from transformers import AutoModelForCausalLM
+
+    whole = T.train(_cfg(tiny_chat_student, tmp_path / "whole", max_forward_tokens=10**6, save_steps=2))
+    sliced = T.train(_cfg(tiny_chat_student, tmp_path / "sliced", max_forward_tokens=40, save_steps=2))
+    assert sliced.train_loss == pytest.approx(whole.train_loss, rel=1e-5) and sliced.tokens == whole.tokens
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "whole").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "sliced").state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert any((a[k] - AutoModelForCausalLM.from_pretrained(tiny_chat_student).state_dict()[k]).abs().max() > 1e-4
+               for k in a)  # and training did move them
+
+
 def test_train_save_load_and_idempotence(tiny_chat_student, tmp_path):
     from transformers import AutoModelForCausalLM
 

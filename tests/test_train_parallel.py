@@ -146,7 +146,8 @@ def _weights(folder):
 
 
 def test_two_gloo_processes_end_with_the_weights_of_one(tiny_chat_student, tmp_path):
-    """torchrun --nproc_per_node 2 (DDP over gloo, per-device batch 2) = one process (batch 4), same order."""
+    """torchrun --nproc_per_node 2 (DDP over gloo, per-device batch 2) = one process (batch 4), same order;
+    the two processes run each batch as one-row slices (--max-forward-tokens), all-reducing once per batch."""
     args = ["train", "--student", str(tiny_chat_student), "--data", str(ASSETS / "tiny.jsonl"), "--batch-size", "4",
             "--epochs", "1", "--limit", "8", "--dtype", "fp32", "--device", "cpu", "--random-order", "--quiet",
             "--lr", "1e-3"]
@@ -157,7 +158,7 @@ def test_two_gloo_processes_end_with_the_weights_of_one(tiny_chat_student, tmp_p
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
     two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port, "-m", "cotdistill", *args,
-                          "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
+                          "--out", str(tmp_path / "two"), "--max-forward-tokens", "90"], capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     prov = json.loads((tmp_path / "two" / "provenance.json").read_text())
     assert (prov["world_size"], prov["per_device_batch"], prov["grad_accum"]) == (2, 2, 1)

@@ -62,6 +62,7 @@ def train_cmd(
     group_by_length: Annotated[Optional[bool], typer.Option("--group-by-length/--random-order", help="Length-grouped batches (default) or the plain random order.")] = None,
     padding_free: Annotated[Optional[bool], typer.Option("--padding-free/--padded", help="Pack each batch into one row (default on CUDA) or pad it (default on a CPU).")] = None,
     per_device_batch: Annotated[Optional[int], typer.Option(help="Examples per device per forward (default: 8 on a CPU, the most that fits on CUDA).")] = None,
+    max_forward_tokens: Annotated[Optional[int], typer.Option(help="Most positions one forward of a padded batch holds; wider ones run as row slices (default: 512 on a CPU).")] = None,
     loss_kernel: Annotated[Optional[str], typer.Option(help="auto, chunked or liger (CUDA, extra [gpu]).")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile", help="torch.compile the model.")] = None,
     resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue an unfinished run from its last checkpoint.")] = None,

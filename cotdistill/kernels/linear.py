@@ -33,7 +33,7 @@ def packed_linears(model: Any, min_numel: int = 1 << 16):
 
     A decode step multiplies a few rows by each weight; MKL's `x @ W^T` reaches a fraction of this
     CPU's speed there, while oneDNN with the weight reordered into its blocked layout is 1.5-2x
-    faster for SmolLM2's layers and head at 4-64 rows (bench/RESULTS.md). Same products up to the
+    faster for SmolLM2's layers and head at 4-64 rows (bench/RESULTS_earlier.md). Same products up to the
     float rounding order. Small layers (below `min_numel` weights) gain nothing and are left alone,
     as are other devices and dtypes, and layers whose forward is already replaced (accelerate hooks).
     The packed copies live only inside the block.
