@@ -11,7 +11,7 @@ Each run is its own process (load not timed). `--rounds` alternate the sides (AB
 each side's median and range and the median and range of the per-round speed-ups. Answers of ours and
 of batched `generate` are compared (extracted answer, and the whole text). One more run of ours per
 cap times its parts: tokenising the prompts, the prefill, the decode steps' forwards, the answer-stop
-check, and the rest (Python, sampling, row pruning). Usage:
+check, and the rest (Python, sampling, row pruning), at the smallest cap. Usage:
     python bench/bench_eval.py --rounds 3
 """
 
@@ -177,7 +177,7 @@ def summarize(res: dict) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--student", default="smollm2-135m")
-    ap.add_argument("--n", type=int, default=64, help="SVAMP test questions (the first N; 64 = one batch of `cotdistill eval`)")
+    ap.add_argument("--n", type=int, default=32, help="SVAMP test questions (the first N; 64 fills one batch of `cotdistill eval`)")
     ap.add_argument("--batch", type=int, default=64, help="rows per batch (`cotdistill eval`'s default 64)")
     ap.add_argument("--caps", default="320,64", help="max new tokens, comma-separated")
     ap.add_argument("--rounds", type=int, default=3)
@@ -215,6 +215,8 @@ def main() -> None:
                 print(f"cap {cap} round {rnd} {side:9s} {r['seconds']:7.1f} s  {r['tokens']} tokens  "
                       f"{r['tokens_per_s']:6.1f} tokens/s  ({r['dtype']})", flush=True)
         res["agreement"][str(cap)] = {peer: compare(first["ours"], first[peer]) for peer in first if peer != "ours"}
+        if cap != min(caps):  # the short-generation case is the one to explain
+            continue
         b = run_worker(__file__, args + ["--worker", "breakdown", str(cap)])
         res["breakdown"][str(cap)] = {"seconds": b["seconds"], "tokens": b["tokens"], **b["parts"]}
         print(f"cap {cap} ours, timed parts: " + ", ".join(f"{k} {v:.2f}" for k, v in b["parts"].items()), flush=True)
