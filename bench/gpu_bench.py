@@ -330,14 +330,14 @@ def plain_generate(model, tok, prompts: list[list[int]], max_new: int, batch: in
     import torch
 
     from cotdistill import students
+    from cotdistill.engines.hf import _left_pad
 
     stops = students.stop_token_ids(tok)
     tokens, texts, t0 = 0, [], time.perf_counter()
     for s in range(0, len(prompts), batch):
         part = prompts[s : s + batch]
         w = max(map(len, part))
-        ids = torch.tensor([[tok.pad_token_id] * (w - len(p)) + p for p in part], device=model.device)
-        mask = torch.tensor([[0] * (w - len(p)) + [1] * len(p) for p in part], device=model.device)
+        ids, mask, _ = _left_pad(part, w, tok.pad_token_id, model.device)
         with torch.inference_mode():
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
                                  eos_token_id=stops, pad_token_id=tok.pad_token_id, **gen)

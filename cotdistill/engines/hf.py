@@ -215,6 +215,11 @@ def _stated_at(tokenizer: Any, new: list[int]) -> int | None:
     return lo
 
 
+def _cut_at_answers(tokenizer: Any, news: list[list[int]]) -> list[list[int]]:
+    """Rows generated to their end token, cut where `_greedy_pruned`'s answer stop would have ended them."""
+    return [new[: _stated_at(tokenizer, new) or len(new)] for new in news]
+
+
 def _continuous(model: Any, tokenizer: Any, prompts: list[list[int]], stops: list[int], *, max_new_tokens: int,
                 answer_stop: bool, temperature: float, top_p: float, seed: int | None) -> list[list[int]]:
     """All prompts through transformers' continuous batching (`generate_batch`: paged KV cache, rows
@@ -236,9 +241,7 @@ def _continuous(model: Any, tokenizer: Any, prompts: list[list[int]], stops: lis
         torch.manual_seed(seed)
     out = model.generate_batch(prompts, **kw)
     news = [list(out[f"req_{i}"].generated_tokens) for i in range(len(prompts))]
-    if answer_stop:
-        news = [new[: _stated_at(tokenizer, new) or len(new)] for new in news]
-    return news
+    return _cut_at_answers(tokenizer, news) if answer_stop else news
 
 
 def _static(model: Any, tokenizer: Any, prompts: list[list[int]], stops: list[int], *, max_new_tokens: int,
@@ -251,9 +254,7 @@ def _static(model: Any, tokenizer: Any, prompts: list[list[int]], stops: list[in
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, eos_token_id=stops,
                          pad_token_id=tokenizer.pad_token_id, cache_implementation="static", **sampling)
     news = [row[width:].tolist() for row in out]
-    if answer_stop:
-        news = [new[: _stated_at(tokenizer, new) or len(new)] for new in news]
-    return news
+    return _cut_at_answers(tokenizer, news) if answer_stop else news
 
 
 class _StopOnText:
