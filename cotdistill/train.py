@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cotdistill import students
+from cotdistill import checkpoints, students
 from cotdistill.errors import CotdistillError
 from cotdistill.kernels import attention
 from cotdistill.kernels.loss import (ResponseOnlyHead, chunked_linear_cross_entropy, liger_available,
@@ -267,6 +267,20 @@ def _make_trainer_class():
 
         loss_is_scaled_for_ga = True  # response_loss divides by the whole accumulated batch's count
         max_forward_positions: int | None = None  # set by train(): padded batches wider than this run as row slices
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.checkpoint_writer = checkpoints.BackgroundWrite()
+            self.add_callback(checkpoints.wait_callback(self.checkpoint_writer))
+
+        def _save_checkpoint(self, model, trial):
+            self.checkpoint_writer.wait()
+            if self.state.global_step >= self.state.max_steps:
+                return  # train() saves the final model next and then deletes the checkpoints: 1.5 GB for nothing
+            if (not checkpoints.ENABLED or self.args.world_size > 1 or self.is_fsdp_enabled
+                    or self.is_deepspeed_enabled):
+                return super()._save_checkpoint(model, trial)  # collective saving, as the Trainer does it
+            checkpoints.save_in_background(self, trial, self.checkpoint_writer)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             budget = self.max_forward_positions
@@ -667,6 +681,8 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
         with recast:
             output = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     except KeyboardInterrupt:
+        with contextlib.suppress(Exception):  # a checkpoint being written is finished, not torn
+            trainer.checkpoint_writer.wait(run_then=False)
         last = last_complete_checkpoint(ckpt_dir)
         print(f"\ninterrupted; last complete checkpoint: {last.name if last else 'none'}; "
               "re-run with --resume to continue", file=sys.stderr)

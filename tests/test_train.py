@@ -317,3 +317,98 @@ def test_resume_after_kill_ends_where_an_uninterrupted_run_ends(tiny_chat_studen
     assert loss == pytest.approx(ref.final_loss, rel=1e-4)
     steps = [json.loads(x)["step"] for x in (out / "loss_curve.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))
+
+
+def _kept_checkpoints(monkeypatch):
+    """train() deletes its checkpoints when done and rotation keeps one: keep them all for inspection."""
+    from cotdistill import checkpoints
+
+    rmtree = T.shutil.rmtree
+    monkeypatch.setattr(T.shutil, "rmtree", lambda p, **kw: None if Path(p).name == "checkpoints" else rmtree(p, **kw))
+    import transformers.trainer
+
+    monkeypatch.setattr(checkpoints, "_rotate", lambda trainer, run_dir: None)
+    monkeypatch.setattr(transformers.trainer, "rotate_checkpoints", lambda *a, **kw: None)
+
+
+def _checkpoint_contents(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    state = json.loads((path / "trainer_state.json").read_text())
+    timing = {"train_runtime", "train_tokens_per_second"}  # wall-clock figures differ between any two runs
+    state["log_history"] = [{k: v for k, v in e.items() if k not in timing} for e in state["log_history"]]
+    return {"files": sorted(p.name for p in path.iterdir()), "weights": load_file(path / "model.safetensors"),
+            "optimizer": torch.load(path / "optimizer.pt", weights_only=True),
+            "scheduler": torch.load(path / "scheduler.pt", weights_only=True),
+            "rng": torch.load(path / "rng_state.pth", weights_only=False),
+            "state": {k: state[k] for k in ("global_step", "epoch", "log_history", "num_input_tokens_seen")}}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if hasattr(a, "__array__"):
+        import numpy as np
+
+        return np.array_equal(a, b)
+    return a == b
+
+
+def test_checkpoints_written_while_training_hold_what_the_trainer_writes(tiny_chat_student, tmp_path, monkeypatch):
+    """Weights and optimizer state are written by a thread during the next step; the step's optimizer update
+    waits for it. A slowed-down writer still saves each step's own state, equal to the Trainer's own save."""
+    from cotdistill import checkpoints
+
+    _kept_checkpoints(monkeypatch)
+    start = checkpoints.BackgroundWrite.start
+
+    def slow_start(self, write, then):
+        def slow():
+            time.sleep(0.3)  # far longer than a tiny step: a missing wait would let the next update in
+            write()
+        start(self, slow, then)
+
+    monkeypatch.setattr(checkpoints.BackgroundWrite, "start", slow_start)
+    background = T.train(_cfg(tiny_chat_student, tmp_path / "bg", save_steps=1))
+    monkeypatch.setattr(checkpoints, "ENABLED", False)
+    reference = T.train(_cfg(tiny_chat_student, tmp_path / "sync", save_steps=1))
+    assert background.final_loss == reference.final_loss and background.steps == 4
+    for step in (1, 2, 3):
+        a = _checkpoint_contents(tmp_path / "bg" / "checkpoints" / f"checkpoint-{step}")
+        b = _checkpoint_contents(tmp_path / "sync" / "checkpoints" / f"checkpoint-{step}")
+        assert a["files"] == b["files"] and a["state"] == b["state"]
+        for part in ("weights", "optimizer", "scheduler", "rng"):
+            assert _same(a[part], b[part]), (step, part)
+    # the final model is saved right after the last step: no checkpoint of it is written only to be deleted
+    assert not (tmp_path / "bg" / "checkpoints" / "checkpoint-4").exists()
+    assert not (tmp_path / "sync" / "checkpoints" / "checkpoint-4").exists()
+
+
+def test_a_checkpoint_is_complete_only_after_its_large_parts(tiny_chat_student, tmp_path, monkeypatch):
+    """trainer_state.json (what resuming looks for) is written after the weights and optimizer state, and a
+    failed write surfaces in the training thread with the older checkpoint kept."""
+    from cotdistill import checkpoints
+
+    calls = {"n": 0}
+    save = torch.save
+
+    def failing_save(obj, f, *a, **kw):
+        if str(f).endswith("optimizer.pt"):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise OSError(28, "No space left on device")
+        return save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(CotdistillError, match="no space left"):
+        T.train(_cfg(tiny_chat_student, tmp_path / "run", save_steps=1))
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert T.last_complete_checkpoint(ckpts).name == "checkpoint-1"
+    assert not (ckpts / "checkpoint-2" / "trainer_state.json").exists()
+    monkeypatch.setattr(torch, "save", save)
+    resumed = T.train(_cfg(tiny_chat_student, tmp_path / "run", save_steps=1, resume=True))
+    assert resumed.steps == 4 and checkpoints.ENABLED
