@@ -5,8 +5,10 @@ batches, bf16 autocast where the CPU runs bf16 natively, its other defaults (gra
 Secondary (--peers): TRL without gradient checkpointing (`trl_nockpt`), and a plain `transformers.Trainer`
 (`naive`: padded batches in random order, the model's own loss over full-vocabulary logits).
 All sides: the same tokenised examples (the first --n of --data), effective batch, lr 5e-5 cosine, seed,
-epochs, and the same checkpoints the CLI writes (every ceil(steps/10) optimizer steps, the last one kept),
-saved inside the timed loop; each side then saves its final model, as `cotdistill train` does.
+epochs, and the checkpoint schedule the CLI sets (every ceil(steps/10) optimizer steps, the last one kept),
+saved inside the timed loop, each side its own way (the peers as the `Trainer` does, at once and at the last
+step too; ours as `cotdistill train` does: written during the next step, none at the last step); each side
+then saves its final model, as `cotdistill train` does.
 
 Each run is its own process. Per run: tokens/s = all non-padding tokens (prompt + response) / seconds
 of `trainer.train()`; peak RSS = the process's VmHWM at its end (loading, training, checkpoints, final save).

@@ -1,6 +1,6 @@
 """Write bench/RESULTS.md from the raw JSON of bench_train.py, bench_eval.py and mem_probe.py.
 
-Reads the newest runs/bench/train-*.json and eval-*.json (or the files given) and the memprobe-*.json
+Reads the newest runs/bench/train-*.json and eval-*.json per number of examples/questions (or the files given) and the memprobe-*.json
 files given with --memprobe (default: those already kept in bench/raw/), copies what it used into
 bench/raw/ (tracked, so RESULTS.md can be regenerated from the repository alone) and renders every
 table from them, each naming the machine it was measured on. Usage:
@@ -25,15 +25,11 @@ from benchlib import RUNS, paired  # noqa: E402
 RAW = HERE / "raw"
 
 COMMANDS = """\
-    python bench/bench_train.py --rounds 3     # ~7 min: ours vs TRL, bf16 (where native) and fp32
+    python bench/bench_train.py --rounds 3     # ~7 min: ours vs TRL, bf16 (where native) and fp32, 16 examples (2 steps)
+    python bench/bench_train.py --rounds 3 --n 96 --dtypes bf16   # optional, ~14 min: 12 steps, 6 checkpoints
     python bench/bench_eval.py --rounds 3      # ~8 min: ours vs batched generate at 320 and 64 new tokens, 32 questions
     python bench/bench_eval.py --rounds 3 --n 64   # optional, ~18 min more: one full `cotdistill eval` batch of 64
     python bench/make_results.py               # this file, from runs/bench/*.json"""
-
-
-def newest(kind: str, raw: Path) -> Path | None:
-    found = sorted(RUNS.glob(f"{kind}-*.json")) or sorted(raw.glob(f"{kind}-*.json"))
-    return found[-1] if found else None
 
 
 def newest_per_size(kind: str, raw: Path) -> list[Path]:
@@ -90,17 +86,26 @@ NAMES = {"ours": "ours", "trl": "TRL `SFTTrainer`", "trl_nockpt": "TRL, no gradi
          "single": "`generate`, one question at a time"}
 
 
+def ckpt_every(steps: int) -> str:
+    every = max(1, -(-steps // 10))
+    return "step" if every == 1 else f"{every} steps"
+
+
 def train_section(r: dict) -> list[str]:
     a, f = r["args"], r["flops"]
     runs = r["runs"]
-    out = ["## Training: ours vs TRL's SFTTrainer", "",
+    out = [f"## Training: ours vs TRL's SFTTrainer, {a['n']} examples", "",
            f"Machine: {machine_line(r['machine'])}.", f"Measured {when(r)}.", "",
            f"Command: `{r['command']}`. Student `{a['student']}`, the first {a['n']} examples of `{a['data']}` "
            f"({f['tokens']:.0f} tokens, {f['response_tokens']:.0f} of them response tokens), {a['epochs']:g} epoch, "
            f"effective batch {a['batch_size']} (per-device {runs[0]['per_device_batch']} × accumulation "
            f"{runs[0]['grad_accum']}, {runs[0]['steps']} optimizer steps), lr 5e-5 cosine, seed {a['seed']}. "
-           "Checkpoints as `cotdistill train` writes them (every ceil(steps/10) steps, inside the timed loop; here "
-           "every step, a larger share of the time than in a full run) and the final model saved, on every side. "
+           f"Checkpoints every {ckpt_every(runs[0]['steps'])} (ceil(steps/10), as `cotdistill train` sets it), "
+           "inside the timed loop, and the final model saved after it, on every side. Each side writes them its "
+           "own way: TRL as the `Trainer` does, at the moment of saving, the last step included; ours as "
+           "`cotdistill train` does, the weights and Adam state by a thread during the next step's forward and "
+           "backward (the optimizer step waits for it; `cotdistill/checkpoints.py`), and no checkpoint of the "
+           "last step, which the final save replaces. "
            f"{rounds(a['rounds'])}, sides alternating (ABBA); each run its own process. TRL: completion-only loss "
            "(the same prompt-masked labels), `padding_free=True`, bf16 autocast where the CPU has it, its defaults "
            "otherwise (gradient checkpointing on). Ours (`cotdistill train` on a CPU): length-grouped padded batches run in "
@@ -232,15 +237,30 @@ nothing of it stays referenced), the oneDNN packed weights and the KV buffer (ev
 bytes sits glibc's heap keeping freed blocks (in use vs heap in the probe table). A fixed
 `glibc.malloc.mmap_threshold` of 1 MiB or `malloc_trim(0)` after every step or slice each lowered the peak by only
 20–90 MiB in ad-hoc runs, so neither is used. At the bench's 16 examples the margin is small (TRL's packs are
-short there); at 32 it is ~10 %.
+short there); at 32 it is ~10 %. Checkpoints are now written during the next step (below), so the two probes of
+ours with slices were run again after that change (2026-11-27 23:20 UTC): 3474 MiB in bf16 and 3430 in fp32,
+against 3658 and 3524 before it; the whole-batch and TRL probes are from before it (~21:00 UTC).
 
 **Speed (training).** Ours wins by doing less work: no recomputation, no padding beyond a slice's own rows, logits
-only at response positions. Both sides save the same checkpoints inside the timed loop, and in this 2-step run
-that is a large fixed share: each checkpoint writes 1.5 GB (weights and Adam state); timed inside the Trainer
-(ad hoc, bf16, 16 examples) ours' two took 4.1 and 5.4 s and TRL's 3.2 and 4.1 s, of a ~21 s loop for ours. A
-full `cotdistill train` on all 700 level-1 examples (3 epochs, 33 steps) writes 8 checkpoints, one per 4 steps, so the ratio here
-understates the compute lead. In bf16 the matmuls of a step run near this CPU's bf16 peak (a profiled
-3 × 142-position slice: 1.7 s in bf16 vs 2.6 s in fp32); the rest is attention, casts and element-wise work.
+only at response positions; and by not stopping for its checkpoints. A checkpoint of SmolLM2-135M writes 1.5 GB
+(0.5 GB of fp32 weights, 1 GB of Adam moments). Timed inside the Trainer (ad hoc, bf16, 16 examples, one run, this
+machine) while ours still wrote them as the Trainer does: 3.5 and 4.1 s per checkpoint (0.8-0.9 s the weights,
+2.7-3.0 s the optimizer state) against ~14 s of compute for the two steps, of a 23.6 s loop. `cotdistill train`
+now writes the weights and optimizer state from a thread during the next step's forward and backward: nothing
+they hold changes before the next optimizer step, which waits for the write, so no tensor is copied and peak RSS
+is unchanged (tables above); `tests/test_train.py` compares every file with the Trainer's own save, with the writer
+slowed down. And it writes no checkpoint of the last step, which the final save replaces seconds later (the
+Trainer writes one, then `cotdistill train` deleted it). The same ad hoc run's loop took 13.3 s. TRL writes its
+checkpoints as the Trainer does. In the 16-example table (2 steps, a checkpoint every step) both effects are a
+large share; the 96-example table (12 steps, a checkpoint every 2) is closer to a full run. In bf16 the matmuls
+of a step run near this CPU's bf16 peak (a profiled 3 × 142-position slice: 1.7 s in bf16 vs 2.6 s in fp32); the
+rest is attention, casts and element-wise work.
+
+**The CPU path did not get slower** (issue 12 asked): `bench/compare_commits.sh 841039d bf16` (and `fp32`) runs
+`cotdistill train` at commit 841039d, before the GPU and skeptic work, against the current tree on the same 16
+examples, 3 interleaved rounds each, this machine, 2026-11-27 23:13-23:20 UTC: bf16 88.8, 83.3, 89.8 tokens/s
+(old) against 139.1, 147.8, 124.6 (new); fp32 72.0, 60.8, 63.6 against 97.3, 100.0, 95.9; the same mean loss in
+fp32 (1.2046), 1.2194 vs 1.2189 in bf16.
 
 **Short generations (evaluation).** With a 64-token cap nearly every zero-shot row runs to the cap (decode steps and
 mean rows in the timing table), so ours' main lever at 320 tokens is gone: there finished rows leave the batch,
@@ -264,13 +284,13 @@ only 37 of 64 answers equal between the two sides, as bf16 rounding diverges (do
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--train", type=Path, default=None)
+    ap.add_argument("--train", type=Path, default=None, help="default: the newest per --n")
     ap.add_argument("--eval", type=Path, nargs="*", default=None, help="default: the newest per --n")
     ap.add_argument("--memprobe", type=Path, nargs="*", default=None)
     ap.add_argument("--raw-dir", type=Path, default=RAW, help="where the used JSON is kept (bench/raw)")
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     a = ap.parse_args()
-    train = a.train or newest("train", a.raw_dir)
+    trains = [a.train] if a.train else newest_per_size("train", a.raw_dir)
     evaluation = a.eval if a.eval is not None else newest_per_size("eval", a.raw_dir)
     probes = a.memprobe if a.memprobe is not None else sorted(a.raw_dir.glob("memprobe-*.json"))
     lines = ["# Benchmarks", "",
@@ -281,13 +301,13 @@ def main() -> None:
              "To reproduce (about 15 minutes on 2 cores; nothing else running: with another job on the same cores, OpenMP "
              "threads wait on each other and small decode steps slow down several times, e.g. 145 s instead of 27 s "
              "for ours at 320 tokens and 32 questions):", "", COMMANDS, ""]
-    if train:
-        lines += train_section(keep([train], "train", a.raw_dir)[0]) + [""]
+    for r in keep(trains, "train", a.raw_dir):
+        lines += train_section(r) + [""]
     for r in keep(evaluation, "eval", a.raw_dir):
         lines += eval_section(r) + [""]
     lines += memprobe_section(keep(probes, "memprobe", a.raw_dir)) + ["", NOTES]
     a.out.write_text("\n".join(lines))
-    print(f"wrote {a.out} from {train}, {[str(e) for e in evaluation]} and {len(probes)} memory probe(s)")
+    print(f"wrote {a.out} from {[str(t) for t in trains]}, {[str(e) for e in evaluation]} and {len(probes)} memory probe(s)")
 
 
 if __name__ == "__main__":

@@ -277,8 +277,8 @@ def _make_trainer_class():
             self.checkpoint_writer.wait()
             if self.state.global_step >= self.state.max_steps:
                 return  # train() saves the final model next and then deletes the checkpoints: 1.5 GB for nothing
-            if (not checkpoints.ENABLED or self.args.world_size > 1 or self.is_fsdp_enabled
-                    or self.is_deepspeed_enabled):
+            if (not checkpoints.ENABLED or self.args.device.type != "cpu" or self.args.world_size > 1
+                    or self.is_fsdp_enabled or self.is_deepspeed_enabled):
                 return super()._save_checkpoint(model, trial)  # collective saving, as the Trainer does it
             checkpoints.save_in_background(self, trial, self.checkpoint_writer)
 
