@@ -78,10 +78,11 @@ def save_in_background(trainer: Any, trial: Any, writer: BackgroundWrite) -> Non
     trainer.store_flos()
     os.makedirs(out, exist_ok=True)
 
-    model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
+    model = trainer.model  # one process: the model itself (what `Trainer._save` saves), not a wrapper
     optimizer_state = trainer.optimizer.state_dict()  # references to the live moments, no copies
     torch.save(trainer.lr_scheduler.state_dict(), os.path.join(out, SCHEDULER_NAME))
-    trainer._save_scaler(out)
+    if hasattr(trainer, "_save_scaler"):  # newer transformers (fp16 grad scaler state)
+        trainer._save_scaler(out)
     trainer._save_rng_state(out)
     if trainer.processing_class is not None:
         trainer.processing_class.save_pretrained(out)
