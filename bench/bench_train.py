@@ -67,7 +67,7 @@ def _shape(a, n_examples: int) -> tuple[int, int, int]:
 
     per_device, accum = T.batch_shape(a.batch_size, 1, 8, None)
     steps = max(1, math.ceil(math.ceil(n_examples / (per_device * accum)) * a.epochs))
-    return per_device, accum, max(1, math.ceil(steps / 10))
+    return per_device, accum, T.default_save_steps(steps)
 
 
 def worker_ours(a, dtype: str) -> dict:

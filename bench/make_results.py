@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # cotdistill (the save-steps rule)
 sys.path.insert(0, str(HERE))
 
 from benchlib import RUNS, paired  # noqa: E402
@@ -87,7 +88,9 @@ NAMES = {"ours": "ours", "trl": "TRL `SFTTrainer`", "trl_nockpt": "TRL, no gradi
 
 
 def ckpt_every(steps: int) -> str:
-    every = max(1, -(-steps // 10))
+    from cotdistill.train import default_save_steps
+
+    every = default_save_steps(steps)
     return "step" if every == 1 else f"{every} steps"
 
 

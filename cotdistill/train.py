@@ -279,7 +279,7 @@ def _make_trainer_class():
                 return  # train() saves the final model next and then deletes the checkpoints: 1.5 GB for nothing
             if (not checkpoints.ENABLED or self.args.device.type != "cpu" or self.args.world_size > 1
                     or self.is_fsdp_enabled or self.is_deepspeed_enabled):
-                return super()._save_checkpoint(model, trial)  # collective saving, as the Trainer does it
+                return super()._save_checkpoint(model, trial)  # the Trainer's own saving (collective where sharded)
             checkpoints.save_in_background(self, trial, self.checkpoint_writer)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
@@ -553,6 +553,11 @@ def _per_device_cap(cfg: TrainConfig, device: str, dtype: str, model: Any, examp
     return n
 
 
+def default_save_steps(total_steps: int) -> int:
+    """Checkpoint interval when --save-steps is not given: about 10 checkpoints per run."""
+    return max(1, math.ceil(total_steps / 10))
+
+
 def _training_args(cfg: TrainConfig, device: str, dtype: str, n_examples: int, ckpt_dir: Path, per_device: int,
                    accum: int, packed: bool):
     from transformers import TrainingArguments
@@ -560,7 +565,7 @@ def _training_args(cfg: TrainConfig, device: str, dtype: str, n_examples: int, c
     world = int(os.environ.get("WORLD_SIZE", "1"))
     steps_per_epoch = max(1, math.ceil(n_examples / (per_device * accum * world)))
     total = max(1, math.ceil(steps_per_epoch * cfg.epochs))
-    save_steps = cfg.save_steps or max(1, math.ceil(total / 10))
+    save_steps = cfg.save_steps or default_save_steps(total)
     return TrainingArguments(
         output_dir=str(ckpt_dir),
         num_train_epochs=cfg.epochs,
